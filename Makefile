@@ -1,0 +1,42 @@
+# pgregistry: every target sets up what it needs (venv, dependencies) by itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: help venv test test-quick lint demo bench clean
+
+help:
+	@echo "make demo        run the example service (starts a throwaway PostgreSQL when none answers)"
+	@echo "make test        the whole test suite (unit, shared server, fault tests on a throwaway cluster)"
+	@echo "make test-quick  everything but the slow fault and soak tests"
+	@echo "make lint        ruff and mypy --strict"
+	@echo "make bench       benchmarks against DBUtils, psycopg_pool and SQLAlchemy"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v pg_config >/dev/null || { echo "pg_config not found: PyGreSQL builds against libpq; install libpq-dev and gcc (apt-get install libpq-dev gcc)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -m 'not slow'
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pgregistry tests examples benchmarks
+	$(VENV)/bin/mypy pgregistry
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+bench:
+	$(PYTHON) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .bench-venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache

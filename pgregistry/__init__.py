@@ -1,0 +1,51 @@
+"""pgregistry: a declarative registry of hardened PostgreSQL connection pools for PyGreSQL.
+
+``PooledPg`` and ``SteadyPgConnection`` keep the classic PooledPg/SteadyPg API (``pg.DB``
+methods, same constructor order) and fix its known faults; see README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .errors import (
+    ConfigError,
+    ConnectionLostError,
+    InvalidConnectionError,
+    InvalidTenantError,
+    PoolClosedError,
+    PooledPgError,
+    PoolTimeoutError,
+    ServerUnavailableError,
+    TooManyConnectionsError,
+    UnknownPoolError,
+)
+from .maintenance import Maintenance
+from .policies import PingPolicy, ResetPolicy
+from .pool import PooledPg, PooledPgConnection, PoolStats
+from .steady import SteadyPgConnection
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "ConnectionLostError",
+    "InvalidConnectionError",
+    "InvalidTenantError",
+    "Maintenance",
+    "PingPolicy",
+    "PoolClosedError",
+    "PoolStats",
+    "PoolTimeoutError",
+    "PooledPg",
+    "PooledPgConnection",
+    "PooledPgError",
+    "ResetPolicy",
+    "ServerUnavailableError",
+    "SteadyPgConnection",
+    "TooManyConnectionsError",
+    "UnknownPoolError",
+]
+
+# Libraries log; applications decide where the records go.
+logging.getLogger("pgregistry").addHandler(logging.NullHandler())

@@ -1,0 +1,915 @@
+"""PooledPg: a thread-safe pool of steady PyGreSQL connections.
+
+Design, in short:
+
+* One lock guards the bookkeeping (idle stack, counts, waiters). No network I/O, logging or
+  callback happens under it: connects, resets, pings and closes run outside.
+* Idle connections form a stack: the most recently returned one is handed out first, so the
+  surplus at the bottom ages out through ``max_idle``.
+* Waiters queue in FIFO order. A returned connection goes straight to the oldest waiter, so
+  no thread can barge ahead of one that has waited longer. When a connection is closed
+  instead, the oldest waiter inherits its place and opens a new one.
+* A connection is reset on return, before it is pooled or handed on (see :class:`ResetPolicy`).
+* After ``os.fork()`` a pool in the child starts empty and never touches the parent's sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import pg
+
+from .conninfo import redact
+from .errors import (
+    InvalidConnectionError,
+    PoolClosedError,
+    PoolTimeoutError,
+    ServerUnavailableError,
+    TooManyConnectionsError,
+)
+from .maintenance import Maintenance, Task
+from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
+from .steady import SetSession, SteadyPgConnection, api_method_names, normalize_setsession
+
+__all__ = ["PoolStats", "PooledPg", "PooledPgConnection"]
+
+_TRANS_IDLE: int = pg.TRANS_IDLE
+_TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
+_TRANS_ACTIVE: int = pg.TRANS_ACTIVE
+
+# Lifetimes are shortened by up to this fraction, at random, so that connections opened
+# together do not all expire together.
+_LIFETIME_JITTER = 0.1
+# Bounds for how often the maintenance task runs, in seconds.
+_UPKEEP_MIN, _UPKEEP_MAX = 0.01, 1.0
+
+_pool_numbers = itertools.count(1)
+_POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
+
+
+class PoolStats(TypedDict):
+    """What :meth:`PooledPg.stats` returns. Sizes are a snapshot; counters only grow."""
+
+    name: str
+    #: Connections open now (``idle + in_use``).
+    open: int
+    #: Open connections waiting in the pool.
+    idle: int
+    #: Connections checked out by callers (including those being set up for a caller).
+    in_use: int
+    #: Callers waiting for a connection right now.
+    waiting: int
+    mincached: int
+    maxcached: int
+    maxconnections: int
+    #: Successful checkouts.
+    checkouts: int
+    #: Checkouts that had to wait for a connection.
+    waits: int
+    #: Total time spent waiting, in milliseconds.
+    wait_ms: float
+    #: Waits that ended in PoolTimeoutError.
+    timeouts: int
+    #: Refusals with TooManyConnectionsError (blocking off).
+    refused: int
+    #: Connections opened (including reopens).
+    opened: int
+    #: Connections found lost (server restart, killed backend, network).
+    lost: int
+    #: Lost connections reopened transparently.
+    reopened: int
+    #: Connections closed because they reached ``max_lifetime``.
+    expired: int
+    #: Idle connections closed because they were idle longer than ``max_idle``.
+    idle_closed: int
+    #: Connections that failed a ping and were replaced.
+    ping_failed: int
+    #: Resets done on return.
+    resets: int
+    #: Resets that failed (the connection was closed instead of pooled).
+    reset_failures: int
+    #: Connections held longer than ``leak_threshold``.
+    leaks: int
+
+
+_COUNTERS = (
+    "checkouts",
+    "waits",
+    "timeouts",
+    "refused",
+    "opened",
+    "lost",
+    "reopened",
+    "expired",
+    "idle_closed",
+    "ping_failed",
+    "resets",
+    "reset_failures",
+    "leaks",
+)
+
+
+class _Slot:
+    """The long-lived record of one pooled connection (the proxy is per checkout)."""
+
+    __slots__ = ("conn", "expires_at", "generation", "leak_reported", "since", "stack")
+
+    def __init__(self, conn: SteadyPgConnection, expires_at: float, generation: int) -> None:
+        self.conn = conn
+        self.expires_at = expires_at
+        self.generation = generation
+        #: When it last went idle or was last checked out (monotonic seconds).
+        self.since = time.monotonic()
+        #: Where it was checked out, when leak detection is on.
+        self.stack: list[str] | None = None
+        self.leak_reported = False
+
+
+class _Waiter:
+    """A caller waiting for a connection. Its lock is held until something is handed over."""
+
+    __slots__ = ("gate", "result")
+
+    def __init__(self) -> None:
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        #: A _Slot, _OPEN (you may open a new connection) or _CLOSED; None while waiting.
+        self.result: _Slot | object | None = None
+
+    def give(self, result: _Slot | object) -> None:
+        self.result = result
+        self.gate.release()
+
+
+_OPEN = object()  # hand-off token: the waiter may open a connection in the freed place
+_CLOSED = object()  # hand-off token: the pool was closed while waiting
+
+
+def _check_size(name: str, value: object) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}: must be an integer >= 0 (got {value!r})")
+    return value
+
+
+def _check_seconds(name: str, value: object, *, allow_none: bool) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name}: must be a number of seconds >= 0 (got None)")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{name}: must be a number of seconds >= 0 (got {value!r})")
+    return float(value)
+
+
+class PooledPg:
+    """A pool of steady, cached PyGreSQL ``pg.DB`` connections.
+
+    ``PooledPg(mincached=0, maxcached=0, maxconnections=0, blocking=False, maxusage=None,
+    setsession=None, reset=None, *args, **kwargs)`` keeps the original PooledPg's positional
+    order and meaning; ``args`` and ``kwargs`` go to ``pg.DB`` (``dbname``, ``host``, ``port``,
+    ``opt``, ``user``, ``passwd``; ``dbname`` may be a libpq conninfo string or URI).
+
+    mincached
+        Connections opened at once (0: none).
+    maxcached
+        Most idle connections kept (0: no limit). Raised to ``mincached`` if below it.
+    maxconnections
+        Most connections open at once (0: no limit). Raised to ``maxcached`` if below it.
+    blocking
+        At ``maxconnections``: wait (True) or raise :class:`TooManyConnectionsError` (False).
+    maxusage
+        Reopen a connection after this many uses (0 or None: never).
+    setsession
+        SQL statements run after every (re)open, or a callable taking the raw ``pg.DB``.
+    reset
+        What happens on return, see :class:`~pgregistry.policies.ResetPolicy`: ``0`` or
+        ``"rollback_if_needed"`` (default), ``1`` or ``"rollback"``, ``2`` or ``"reconnect"``,
+        ``"discard"``.
+
+    Keyword-only options:
+
+    name
+        Used in log records (logger ``pgregistry.pool.<name>``), errors and stats.
+    timeout
+        Seconds a blocking checkout waits (default 30); ``None`` waits forever.
+    retry_after_reopen
+        Run a call again after a transparent reopen (default True); False reopens, then raises.
+    reconnect_timeout
+        Seconds an (re)open keeps retrying while the server is down (default 0: once).
+    max_lifetime
+        Seconds a connection lives (default 3600, up to 10% less at random); closed when idle
+        or on return, never while checked out. ``None``: forever.
+    max_idle
+        Seconds an idle connection above ``mincached`` is kept (default 600). ``None``: forever.
+    ping, ping_after
+        Check a connection with a round trip at checkout: ``"never"``, ``"idle"`` (default:
+        when idle longer than ``ping_after`` seconds, default 30) or ``"always"``.
+    leak_threshold
+        Seconds after which a checked-out connection is logged once as a possible leak, with
+        the stack that checked it out (default None: off).
+    maintenance
+        A shared :class:`~pgregistry.maintenance.Maintenance` to run this pool's upkeep on
+        (registries pass theirs); by default the pool starts its own thread when it needs one.
+    """
+
+    def __init__(
+        self,
+        mincached: int = 0,
+        maxcached: int = 0,
+        maxconnections: int = 0,
+        blocking: bool = False,
+        maxusage: int | None = None,
+        setsession: SetSession = None,
+        reset: int | str | ResetPolicy | None = None,
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = 30.0,
+        retry_after_reopen: bool = True,
+        reconnect_timeout: float = 0.0,
+        max_lifetime: float | None = 3600.0,
+        max_idle: float | None = 600.0,
+        ping: str | PingPolicy = PingPolicy.IDLE,
+        ping_after: float = 30.0,
+        leak_threshold: float | None = None,
+        maintenance: Maintenance | None = None,
+        **kwargs: Any,
+    ) -> None:
+        mincached = _check_size("mincached", mincached)
+        maxcached = _check_size("maxcached", maxcached)
+        maxconnections = _check_size("maxconnections", maxconnections)
+        if maxconnections and mincached > maxconnections:
+            raise ValueError(
+                f"mincached: {mincached} connections cannot be opened at start when "
+                f"maxconnections is {maxconnections}"
+            )
+        if maxcached and maxcached < mincached:
+            maxcached = mincached
+        if maxconnections and maxconnections < maxcached:
+            maxconnections = maxcached
+        if maxusage is not None:
+            _check_size("maxusage", maxusage)
+        self._setsession = normalize_setsession(setsession)
+        self._reset = parse_reset(reset)
+        self._ping = parse_ping(ping)
+        self._timeout = _check_seconds("timeout", timeout, allow_none=True)
+        self._reconnect_timeout = _check_seconds(
+            "reconnect_timeout", reconnect_timeout, allow_none=False
+        )
+        self._max_lifetime = _check_seconds("max_lifetime", max_lifetime, allow_none=True) or None
+        self._max_idle = _check_seconds("max_idle", max_idle, allow_none=True)
+        self._ping_after = _check_seconds("ping_after", ping_after, allow_none=False) or 0.0
+        self._leak_threshold = (
+            _check_seconds("leak_threshold", leak_threshold, allow_none=True) or None
+        )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name: must be a non-empty string (got {name!r})")
+
+        self.name: str = name or f"pool{next(_pool_numbers)}"
+        self.logger = logging.getLogger(f"pgregistry.pool.{self.name}")
+        self._mincached = mincached
+        self._maxcached = maxcached
+        self._maxconnections = maxconnections
+        self._blocking = bool(blocking)
+        self._maxusage = maxusage
+        self._retry = bool(retry_after_reopen)
+        self._args = args
+        self._kwargs = kwargs
+        self._secrets = tuple(
+            s for s in (kwargs.get("passwd"), args[5] if len(args) > 5 else None) if s
+        )
+
+        self._lock = threading.Lock()
+        self._idle: deque[_Slot] = deque()
+        self._size = 0  # connections open, being opened, or checked out
+        self._opening = 0  # of those, being opened right now
+        self._waiters: deque[_Waiter] = deque()
+        self._checked_out: set[_Slot] = set()  # maintained only for leak detection
+        self._closed = False
+        self._generation = 0
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._wait_ns = 0
+
+        self._own_maintenance = maintenance is None
+        self._maintenance = maintenance
+        self._upkeep: Task | None = None
+        self._restart_upkeep = False  # set in a forked child: no maintenance thread there yet
+        _POOLS.add(self)
+
+        self._fill(mincached, raise_errors=True)
+        self._start_upkeep()
+        self.logger.info(
+            "pool %r built (mincached=%d, maxcached=%d, maxconnections=%d, reset=%s)",
+            self.name,
+            mincached,
+            maxcached,
+            maxconnections,
+            self._reset.value,
+        )
+
+    # -- opening connections ------------------------------------------------------------------
+
+    def steady_connection(self) -> SteadyPgConnection:
+        """A new steady connection with this pool's settings, not pooled."""
+        conn = SteadyPgConnection(
+            self._maxusage,
+            self._setsession,
+            True,
+            *self._args,
+            retry_after_reopen=self._retry,
+            reconnect_timeout=self._reconnect_timeout,
+            **self._kwargs,
+        )
+        conn.logger = self.logger
+        return conn
+
+    def _new_slot(self) -> _Slot:
+        """Open a pooled connection (I/O; never called under the lock)."""
+        conn = self.steady_connection()
+        conn.listener = self._on_event
+        lifetime = self._max_lifetime
+        expires = (
+            time.monotonic() + lifetime * (1.0 - _LIFETIME_JITTER * random.random())
+            if lifetime
+            else float("inf")
+        )
+        with self._lock:
+            self._counts["opened"] += 1
+            generation = self._generation
+            restart, self._restart_upkeep = self._restart_upkeep, False
+        if restart and self._maintenance is not None:
+            self._maintenance.ensure_running()
+        return _Slot(conn, expires, generation)
+
+    def _on_event(self, event: str) -> None:
+        with self._lock:
+            self._counts[event] += 1
+            if event == "reopened":
+                self._counts["opened"] += 1
+
+    def _fill(self, target: int, *, raise_errors: bool) -> None:
+        """Open connections until ``target`` are open (``mincached``); I/O outside the lock."""
+        with self._lock:
+            missing = 0 if self._closed else max(0, target - self._size)
+            if self._maxconnections:
+                missing = min(missing, self._maxconnections - self._size)
+            self._size += missing
+            self._opening += missing
+        opened: list[_Slot] = []
+        error: ServerUnavailableError | None = None
+        for _ in range(missing):
+            try:
+                opened.append(self._new_slot())
+            except ServerUnavailableError as exc:
+                error = exc
+                break
+        with self._lock:
+            self._opening -= len(opened)
+        for _ in range(missing - len(opened)):
+            self._release_place()
+        for slot in opened:
+            self._checkin(slot, fresh=True)
+        if error is not None:
+            if raise_errors:
+                self.close()
+                raise error
+            self.logger.warning("pool %r: could not refill to mincached: %s", self.name, error)
+
+    # -- checkout -----------------------------------------------------------------------------
+
+    def connection(self) -> PooledPgConnection:
+        """Check out a connection; return it with ``close()``, ``del`` or a ``with`` block.
+
+        Raises :class:`PoolClosedError`, :class:`TooManyConnectionsError` (at
+        ``maxconnections`` and not blocking), :class:`PoolTimeoutError` (waited ``timeout``),
+        or :class:`~pgregistry.ServerUnavailableError` (a needed new connection failed).
+        """
+        return PooledPgConnection(self, self._checkout())
+
+    def _checkout(self) -> _Slot:
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError(f"pool {self.name!r} is closed")
+            if self._idle:
+                slot = self._idle.pop()
+                self._counts["checkouts"] += 1
+            else:
+                slot = None
+        if slot is None:
+            return self._checkout_slow()
+        now = time.monotonic()
+        ping = self._ping
+        if now >= slot.expires_at:
+            slot = self._replace(slot, "expired")
+        elif (
+            ping is not PingPolicy.NEVER
+            and (ping is PingPolicy.ALWAYS or now - slot.since > self._ping_after)
+            and not slot.conn.ping()
+        ):
+            self.logger.warning("pool %r: idle connection failed its ping", self.name)
+            slot = self._replace(slot, "ping_failed")
+        slot.since = now
+        if self._leak_threshold:
+            self._track(slot)
+        return slot
+
+    def _checkout_slow(self) -> _Slot:
+        """No idle connection: open a new one within the limit, or wait for one."""
+        waiter: _Waiter | None = None
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError(f"pool {self.name!r} is closed")
+            if not self._maxconnections or self._size < self._maxconnections:
+                self._size += 1
+                self._opening += 1
+            elif not self._blocking:
+                self._counts["refused"] += 1
+                raise TooManyConnectionsError(self._too_many_message())
+            else:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        got = _OPEN if waiter is None else self._wait(waiter)
+        slot = self._open_for_checkout() if got is _OPEN else got
+        assert isinstance(slot, _Slot)
+        with self._lock:
+            self._counts["checkouts"] += 1
+        slot.since = time.monotonic()
+        if self._leak_threshold:
+            self._track(slot)
+        return slot
+
+    def _open_for_checkout(self) -> _Slot:
+        """Open a connection in a place already counted in ``_size`` and ``_opening``."""
+        try:
+            slot = self._new_slot()
+        except BaseException:
+            self._release_place()
+            raise
+        with self._lock:
+            self._opening -= 1
+        return slot
+
+    def _release_place(self, *, opening: bool = True) -> None:
+        """A counted place goes unused: the oldest waiter may open in it, else it is freed."""
+        with self._lock:
+            if opening:
+                self._opening -= 1
+            if self._waiters and not self._closed:
+                self._opening += 1
+                self._waiters.popleft().give(_OPEN)
+            else:
+                self._size -= 1
+
+    def _track(self, slot: _Slot) -> None:
+        """Remember where a connection was checked out, for leak detection."""
+        slot.stack = traceback.format_stack(limit=16)[:-3]
+        slot.leak_reported = False
+        with self._lock:
+            self._checked_out.add(slot)
+
+    def _wait(self, waiter: _Waiter) -> _Slot | object:
+        timeout = self._timeout
+        started = time.perf_counter_ns()
+        self.logger.debug("pool %r: at maxconnections, waiting", self.name)
+        got = waiter.gate.acquire(timeout=-1 if timeout is None else timeout)
+        waited_ns = time.perf_counter_ns() - started
+        with self._lock:
+            self._counts["waits"] += 1
+            self._wait_ns += waited_ns
+            if not got and waiter.result is None:
+                self._waiters.remove(waiter)
+                self._counts["timeouts"] += 1
+                message = self._timeout_message(waited_ns / 1e9)
+            else:
+                message = ""
+        if message:
+            self.logger.warning("%s", message)
+            raise PoolTimeoutError(message)
+        if waiter.result is _CLOSED:
+            raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
+        return waiter.result
+
+    def _too_many_message(self) -> str:
+        return (
+            f"pool {self.name!r}: all {self._maxconnections} connections are in use and "
+            "blocking is off; raise maxconnections or set blocking=True"
+        )
+
+    def _timeout_message(self, waited: float) -> str:
+        in_use = self._size - len(self._idle) - self._opening
+        return (
+            f"pool {self.name!r}: no connection after {waited:.1f} s "
+            f"(open {self._size - self._opening}/{self._maxconnections}, idle {len(self._idle)}, "
+            f"in use {in_use}, waiting {len(self._waiters)}); raise maxconnections or timeout"
+        )
+
+    def _replace(self, slot: _Slot, counter: str | None) -> _Slot:
+        """Close ``slot`` and open a new connection in its place (outside the lock)."""
+        if counter:
+            with self._lock:
+                self._counts[counter] += 1
+        slot.conn.listener = None
+        slot.conn.close()
+        with self._lock:
+            self._opening += 1
+        return self._open_for_checkout()
+
+    # -- return -------------------------------------------------------------------------------
+
+    def _checkin(self, slot: _Slot, *, fresh: bool = False) -> None:
+        """Reset a returned connection, then hand it to a waiter, pool it, or close it."""
+        keep = fresh or (not self._closed and self._reset_on_return(slot))
+        now = time.monotonic()
+        if keep and now >= slot.expires_at:
+            keep = False
+            with self._lock:
+                self._counts["expired"] += 1
+        to_close: _Slot | None = None
+        with self._lock:
+            if self._leak_threshold:
+                self._checked_out.discard(slot)
+            if slot.generation != self._generation:
+                to_close = slot  # checked out before a fork: not counted in this process
+            elif keep and not self._closed:
+                if self._waiters:
+                    self._waiters.popleft().give(slot)
+                elif self._maxcached and len(self._idle) >= self._maxcached:
+                    to_close = slot
+                    self._size -= 1
+                else:
+                    slot.since = now
+                    self._idle.append(slot)
+            else:
+                to_close = slot
+                if self._waiters and not self._closed:
+                    self._opening += 1
+                    self._waiters.popleft().give(_OPEN)
+                else:
+                    self._size -= 1
+        if to_close is not None:
+            to_close.conn.listener = None
+            to_close.conn.close()
+
+    def _reset_on_return(self, slot: _Slot) -> bool:
+        """Apply the reset policy; False when the connection must be closed instead."""
+        conn = slot.conn
+        cnx = conn._cnx
+        if cnx is None or not cnx.status:
+            return False  # closed by the caller, or lost: not worth pooling
+        policy = self._reset
+        try:
+            state = cnx.transaction()
+            if state in (_TRANS_ACTIVE, _TRANS_UNKNOWN):
+                raise pg.OperationalError("a query is still running on the connection")
+            # The server's state is the truth: after begin() and a raw COMMIT it is idle, and
+            # a ROLLBACK then would only put a warning in the server log.
+            in_transaction = state != _TRANS_IDLE
+            if policy is ResetPolicy.ROLLBACK_IF_NEEDED:
+                if not in_transaction:
+                    return True
+                cnx.query("ROLLBACK")
+            elif policy is ResetPolicy.ROLLBACK:
+                cnx.query("ROLLBACK" if in_transaction else "SELECT")
+            elif policy is ResetPolicy.DISCARD:
+                if in_transaction:
+                    cnx.query("ROLLBACK")
+                cnx.query("DISCARD ALL")
+                conn.replay_session()
+            else:
+                conn.reopen()
+            conn._transaction = False
+        except Exception as exc:
+            with self._lock:
+                self._counts["reset_failures"] += 1
+            self.logger.warning(
+                "pool %r: reset on return failed, connection closed: %s",
+                self.name,
+                redact(str(exc).strip(), self._secrets),
+            )
+            return False
+        with self._lock:
+            self._counts["resets"] += 1
+        return True
+
+    # -- upkeep -------------------------------------------------------------------------------
+
+    def _upkeep_interval(self) -> float | None:
+        periods = [
+            p for p in (self._max_lifetime, self._max_idle, self._leak_threshold) if p is not None
+        ]
+        if self._ping is not PingPolicy.NEVER and self._ping_after:
+            periods.append(self._ping_after)
+        if self._mincached:
+            periods.append(_UPKEEP_MAX)
+        if not periods:
+            return None
+        return min(max(min(periods) / 2, _UPKEEP_MIN), _UPKEEP_MAX)
+
+    def _start_upkeep(self) -> None:
+        interval = self._upkeep_interval()
+        if interval is None:
+            return
+        if self._maintenance is None:
+            self._maintenance = Maintenance(
+                f"pgregistry-maintenance-{self.name}", stop_when_idle=True
+            )
+        self._upkeep = self._maintenance.add(
+            Task(self, PooledPg.maintain, interval, f"upkeep of pool {self.name!r}")
+        )
+
+    def _forget_upkeep(self) -> None:
+        task, self._upkeep = self._upkeep, None
+        if task is not None:
+            task.cancelled = True
+        if self._own_maintenance and self._maintenance is not None:
+            self._maintenance.stop(timeout=1.0)
+
+    def maintain(self) -> bool:
+        """One round of upkeep; the maintenance thread calls this periodically.
+
+        Closes idle connections past ``max_lifetime`` and, above ``mincached``, those idle
+        longer than ``max_idle``; pings idle connections idle longer than ``ping_after``
+        (replacing dead ones); refills to ``mincached``; reports leaks. Returns False once the
+        pool is closed. Network I/O happens outside the pool lock.
+        """
+        now = time.monotonic()
+        expired: list[_Slot] = []
+        surplus: list[_Slot] = []
+        to_ping: list[_Slot] = []
+        with self._lock:
+            if self._closed:
+                return False
+            keep: deque[_Slot] = deque()
+            idle_total = len(self._idle)
+            # Oldest-returned first: those at the bottom of the stack age out first.
+            for slot in self._idle:
+                if now >= slot.expires_at:
+                    expired.append(slot)
+                elif (
+                    self._max_idle is not None
+                    and now - slot.since > self._max_idle
+                    and idle_total - len(surplus) - len(expired) > self._mincached
+                ):
+                    surplus.append(slot)
+                elif self._ping is not PingPolicy.NEVER and now - slot.since > self._ping_after:
+                    to_ping.append(slot)
+                else:
+                    keep.append(slot)
+            self._idle = keep
+            self._size -= len(expired) + len(surplus)
+            self._counts["expired"] += len(expired)
+            self._counts["idle_closed"] += len(surplus)
+            leaks = self._find_leaks(now) if self._leak_threshold else []
+        for slot in expired + surplus:
+            slot.conn.listener = None
+            slot.conn.close()
+        if expired or surplus:
+            self.logger.debug(
+                "pool %r: closed %d expired and %d idle connections",
+                self.name,
+                len(expired),
+                len(surplus),
+            )
+        for slot in to_ping:
+            self._ping_idle(slot)
+        for slot, age in leaks:
+            self.logger.warning(
+                "pool %r: connection checked out %.1f s ago and not returned "
+                "(leak_threshold %.1f s); checked out at:\n%s",
+                self.name,
+                age,
+                self._leak_threshold,
+                "".join(slot.stack or ()),
+            )
+        if self._size < self._mincached:
+            self._fill(self._mincached, raise_errors=False)
+        return True
+
+    def _ping_idle(self, slot: _Slot) -> None:
+        alive = slot.conn.ping()
+        if not alive:
+            with self._lock:
+                self._counts["ping_failed"] += 1
+            self.logger.warning("pool %r: idle connection failed its ping; closed", self.name)
+        slot.since = time.monotonic()
+        self._checkin(slot, fresh=alive) if alive else self._drop(slot)
+
+    def _drop(self, slot: _Slot) -> None:
+        """Close a slot that is neither idle nor checked out, freeing its place."""
+        slot.conn.listener = None
+        slot.conn.close()
+        self._release_place(opening=False)
+
+    def _find_leaks(self, now: float) -> list[tuple[_Slot, float]]:
+        threshold = self._leak_threshold or 0.0
+        found = []
+        for slot in self._checked_out:
+            if not slot.leak_reported and now - slot.since > threshold:
+                slot.leak_reported = True
+                self._counts["leaks"] += 1
+                found.append((slot, now - slot.since))
+        return found
+
+    # -- closing and introspection ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close idle connections now and refuse new checkouts (:class:`PoolClosedError`).
+
+        Connections still checked out are closed when they come back. Waiting callers get
+        :class:`PoolClosedError`. Calling close() again does nothing.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = list(self._idle), deque()
+            self._size -= len(idle)
+            waiters, self._waiters = list(self._waiters), deque()
+            for waiter in waiters:
+                waiter.give(_CLOSED)
+        for slot in idle:
+            slot.conn.listener = None
+            slot.conn.close()
+        self._forget_upkeep()
+        self.logger.info("pool %r closed", self.name)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def __enter__(self) -> PooledPg:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def stats(self) -> PoolStats:
+        """A snapshot of sizes and counters (see :class:`PoolStats`); cheap, no I/O."""
+        with self._lock:
+            idle = len(self._idle)
+            open_now = self._size - self._opening
+            counts = dict(self._counts)
+            waiting = len(self._waiters)
+            wait_ms = self._wait_ns / 1e6
+        stats: PoolStats = {
+            "name": self.name,
+            "open": open_now,
+            "idle": idle,
+            "in_use": open_now - idle,
+            "waiting": waiting,
+            "mincached": self._mincached,
+            "maxcached": self._maxcached,
+            "maxconnections": self._maxconnections,
+            "wait_ms": wait_ms,
+            **counts,  # type: ignore[typeddict-item]
+        }
+        return stats
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<PooledPg {self.name!r} {state} open={self._size - self._opening} "
+            f"idle={len(self._idle)} maxconnections={self._maxconnections}>"
+        )
+
+    def _after_fork_in_child(self) -> None:
+        """Start empty in a forked child; the inherited connections belong to the parent."""
+        self._lock = threading.Lock()
+        self._generation += 1
+        self._idle = deque()
+        self._waiters = deque()
+        self._checked_out = set()
+        self._size = 0
+        self._opening = 0
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._wait_ns = 0
+        self._restart_upkeep = self._upkeep is not None and not self._closed
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+if TYPE_CHECKING:
+    from pg import DB as _DBAPI
+else:
+    _DBAPI = object
+
+
+class PooledPgConnection(_DBAPI):
+    """A checked-out connection: the whole steady ``pg.DB`` API, returned on close.
+
+    ``close()``, ``del`` or leaving ``with pool.connection() as db:`` returns the connection
+    to its pool; afterwards every use raises :class:`InvalidConnectionError`. A method call
+    keeps the proxy alive until it returns, so ``pool.connection().query(...)`` is safe: the
+    connection goes back only after the query is done.
+    """
+
+    __slots__ = ("__weakref__", "_con", "_pool", "_slot")
+
+    def __init__(self, pool: PooledPg, slot: _Slot) -> None:
+        self._pool = pool
+        self._slot: _Slot | None = slot
+        self._con: SteadyPgConnection | None = slot.conn
+
+    def close(self) -> None:
+        """Return the connection to the pool (once; later calls do nothing)."""
+        slot = self._slot
+        if slot is not None:
+            self._slot = self._con = None
+            self._pool._checkin(slot)
+
+    def reopen(self) -> None:
+        """Reopen the underlying connection, or take a new one if this proxy was returned."""
+        con = self._con
+        if con is not None:
+            con.reopen()
+        else:
+            slot = self._pool._checkout()
+            self._slot, self._con = slot, slot.conn
+
+    @property
+    def steady(self) -> SteadyPgConnection:
+        """The underlying :class:`SteadyPgConnection` (``with db.steady:`` is a transaction)."""
+        return self._live()
+
+    def _live(self) -> SteadyPgConnection:
+        con = self._con
+        if con is None:
+            raise InvalidConnectionError(
+                f"connection of pool {self._pool.name!r} was already returned to the pool"
+            )
+        return con
+
+    def query(self, command: str, *args: Any) -> Any:
+        con = self._con
+        if con is None:
+            con = self._live()
+        return con.query(command, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._live(), name)
+
+    def __enter__(self) -> PooledPgConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "returned" if self._con is None else "checked out"
+        return f"<PooledPgConnection of {self._pool.name!r} {state}>"
+
+
+def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    def method(self: PooledPgConnection, *args: Any, **kwargs: Any) -> Any:
+        con = self._con
+        if con is None:
+            con = self._live()
+        return getattr(con, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = func.__doc__
+    method.__wrapped__ = func  # type: ignore[attr-defined]
+    return method
+
+
+def _install_forwarders() -> None:
+    names = set(api_method_names()) | {"ping", "in_transaction", "is_lost"}
+    for name in sorted(names):
+        if name in {"close", "reopen", "query"} or name in PooledPgConnection.__dict__:
+            continue
+        attr = getattr(SteadyPgConnection, name)
+        if isinstance(attr, property):
+            continue
+        setattr(PooledPgConnection, name, _forwarding_method(name, attr))
+
+
+_install_forwarders()

@@ -1,0 +1,524 @@
+"""Steady connections: PyGreSQL's classic ``pg.DB`` that reopens itself when the server goes away.
+
+A :class:`SteadyPgConnection` offers every method of ``pg.DB`` with the same signature. When a
+call fails, it looks at libpq's connection state (no extra round trip on the success path):
+
+* the connection is fine: the error was about the SQL; it is raised unchanged;
+* the connection is lost and no transaction was open: the connection is reopened, the
+  ``setsession`` statements are replayed, and the call is run once more (or, with
+  ``retry_after_reopen=False``, a :class:`~pgregistry.ConnectionLostError` is raised after the
+  reopen, for callers that cannot risk a statement running twice);
+* the connection is lost inside a transaction (``begin()``, or a raw ``BEGIN`` the server
+  reports): the error passes through and nothing is reopened until the transaction is ended
+  with ``commit()``, ``end()`` or ``rollback()``.
+
+PyGreSQL answers every call on a dead connection with ``LookupError('unknown encoding: ')``;
+no caller ever sees that: it becomes a reopen, or a :class:`~pgregistry.ConnectionLostError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import pg
+
+from .conninfo import redact
+from .errors import ConnectionLostError, InvalidConnectionError, ServerUnavailableError
+
+__all__ = ["SetSession", "SteadyPgConnection"]
+
+SetSession: TypeAlias = "Sequence[str] | str | Callable[[pg.DB], object] | None"
+
+_TRANS_IDLE: int = pg.TRANS_IDLE
+_TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
+_log = logging.getLogger("pgregistry.connection")
+
+# Statements that end a transaction when sent as raw SQL through query().
+_ENDS_TRANSACTION = re.compile(r"\s*(commit|end|rollback|abort)\b(?!\s+to\b)", re.IGNORECASE)
+_IS_COMMIT = re.compile(r"\s*(commit|end)\b", re.IGNORECASE)
+
+# Reconnect backoff: first pause and cap, in seconds.
+_BACKOFF_START = 0.05
+_BACKOFF_CAP = 1.0
+
+# Every live steady connection, so that a forked child can cut itself off from the parent's
+# sockets (see _after_fork_in_child).
+_LIVE: weakref.WeakSet[SteadyPgConnection] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def normalize_setsession(setsession: object) -> tuple[str, ...] | Callable[[pg.DB], object]:
+    """Check ``setsession`` and return it as a tuple of statements or a callable.
+
+    Accepts ``None``, one SQL string, a sequence of SQL strings, or a callable that receives
+    the raw ``pg.DB`` after every (re)open.
+    """
+    if setsession is None:
+        return ()
+    if isinstance(setsession, str):
+        return (setsession,) if setsession.strip() else ()
+    if callable(setsession):
+        return setsession
+    if isinstance(setsession, Iterable) and not isinstance(setsession, bytes | dict):
+        statements = tuple(setsession)
+        for index, statement in enumerate(statements):
+            if not isinstance(statement, str):
+                raise TypeError(
+                    f"setsession[{index}]: must be an SQL string, got {type(statement).__name__}"
+                )
+        return tuple(s for s in statements if s.strip())
+    raise TypeError(
+        "setsession: must be None, an SQL string, a list of SQL strings or a callable taking "
+        f"the pg.DB, got {type(setsession).__name__}"
+    )
+
+
+def _secrets_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
+    """Literal passwords among the pg.DB arguments (positional ``passwd`` is the 6th)."""
+    found = [kwargs.get("passwd"), kwargs.get("password")]
+    if len(args) >= 6:
+        found.append(args[5])
+    return tuple(s for s in found if isinstance(s, str) and s)
+
+
+if TYPE_CHECKING:
+    # Type checkers see the whole pg.DB API with its real signatures; at run time the methods
+    # are generated wrappers (see _install_wrappers) on a plain object.
+    from pg import DB as _DBAPI
+else:
+    _DBAPI = object
+
+
+class SteadyPgConnection(_DBAPI):
+    """A hardened ``pg.DB``: transparent reopen outside transactions, ``maxusage``, ``setsession``.
+
+    ``SteadyPgConnection(maxusage=None, setsession=None, closeable=False, *args, **kwargs)``
+    keeps the original SteadyPg signature; ``args`` and ``kwargs`` go to ``pg.DB`` (``dbname``
+    may be a libpq conninfo string or a ``postgresql://`` URI).
+
+    maxusage
+        Reopen the connection after this many calls (0 or ``None``: never). The reopen happens
+        before the next call, never inside a transaction.
+    setsession
+        SQL statements run, in order, after every open and reopen (for example
+        ``["SET datestyle TO iso", "SET search_path TO app"]``), or a callable that receives
+        the raw ``pg.DB``.
+    closeable
+        If false, ``close()`` only rolls back an open transaction and keeps the connection;
+        pools pass true.
+    retry_after_reopen
+        Keyword-only, default true: after a transparent reopen, run the failed call once more.
+        False: reopen, then raise :class:`~pgregistry.ConnectionLostError`.
+    reconnect_timeout
+        Keyword-only, seconds (default 0): how long a (re)open keeps retrying, with a capped
+        backoff, while the server cannot be reached. 0 tries once.
+    """
+
+    def __init__(
+        self,
+        maxusage: int | None = None,
+        setsession: SetSession = None,
+        closeable: bool = False,
+        *args: Any,
+        retry_after_reopen: bool = True,
+        reconnect_timeout: float | None = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        if maxusage is not None and (
+            not isinstance(maxusage, int) or isinstance(maxusage, bool) or maxusage < 0
+        ):
+            raise ValueError(f"maxusage: must be an integer >= 0 or None (got {maxusage!r})")
+        if reconnect_timeout is not None and reconnect_timeout < 0:
+            raise ValueError(f"reconnect_timeout: must be >= 0 (got {reconnect_timeout!r})")
+        self._maxusage: int = maxusage or sys.maxsize
+        self._setsession = normalize_setsession(setsession)
+        self._closeable = closeable
+        self._retry = retry_after_reopen
+        self._reconnect_timeout = reconnect_timeout or 0.0
+        self._args = args
+        self._kwargs = kwargs
+        self._secrets = _secrets_of(args, kwargs)
+        self._transaction = False
+        self._usage = 0
+        self._db: pg.DB | None = None
+        self._cnx: Any = None  # the C-level pg.Connection inside self._db
+        self._pid = os.getpid()
+        #: Called with "lost" or "reopened"; pools count these in their stats.
+        self.listener: Callable[[str], None] | None = None
+        self.logger: logging.Logger = _log
+        self._open_new()
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _connect_raw(self) -> pg.DB:
+        """Open a pg.DB, retrying within ``reconnect_timeout``; raise ServerUnavailableError."""
+        deadline = time.monotonic() + self._reconnect_timeout
+        pause = _BACKOFF_START
+        while True:
+            try:
+                return pg.DB(*self._args, **self._kwargs)
+            except pg.Error as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    # Not chained: libpq may echo parts of a malformed conninfo (a password).
+                    raise ServerUnavailableError(redact(str(exc).strip(), self._secrets)) from None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, _BACKOFF_CAP)
+
+    def replay_session(self) -> None:
+        """Run ``setsession`` again on the current connection (after ``DISCARD ALL``)."""
+        self._prepare_session(self._live_db())
+
+    def _prepare_session(self, db: pg.DB) -> None:
+        """Run setsession on a fresh connection; close it and raise if that fails."""
+        setsession = self._setsession
+        try:
+            if callable(setsession):
+                setsession(db)
+            else:
+                for statement in setsession:
+                    db.query(statement)
+        except BaseException:
+            _close_quietly(db)
+            raise
+
+    def _open_new(self) -> None:
+        db = self._connect_raw()
+        self._prepare_session(db)
+        old = self._db
+        self._db, self._cnx = db, db.db
+        self._transaction = False
+        self._usage = 0
+        if old is not None:
+            _close_quietly(old)
+
+    def _event(self, event: str) -> None:
+        listener = self.listener
+        if listener is not None:
+            listener(event)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (if closeable), else only roll back an open transaction.
+
+        A closeable connection can be brought back with :meth:`reopen`.
+        """
+        if self._closeable:
+            db, self._db, self._cnx = self._db, None, None
+            self._transaction = False
+            if db is not None:
+                _close_quietly(db)
+        elif self._transaction or self._server_in_transaction():
+            self.rollback()
+
+    def reopen(self) -> None:
+        """Close the connection and open a new one (``setsession`` replayed, usage reset)."""
+        self._open_new()
+
+    def reset(self) -> None:
+        """Reset the session: reconnect with the same parameters and replay ``setsession``."""
+        self._open_new()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` closed the connection."""
+        return self._db is None
+
+    @property
+    def usage(self) -> int:
+        """Calls made since the connection was last (re)opened."""
+        return self._usage
+
+    @property
+    def in_transaction(self) -> bool:
+        """True inside ``begin()`` or when the server reports an open or failed transaction."""
+        return self._transaction or self._server_in_transaction()
+
+    def _server_in_transaction(self) -> bool:
+        cnx = self._cnx
+        return cnx is not None and cnx.transaction() not in (_TRANS_IDLE, _TRANS_UNKNOWN)
+
+    def is_lost(self) -> bool:
+        """True when libpq reports the connection broken (no round trip is made)."""
+        cnx = self._cnx
+        return cnx is None or not cnx.status
+
+    def ping(self) -> bool:
+        """One round trip (``SELECT``); False if the connection is dead or busy."""
+        cnx = self._cnx
+        if cnx is None:
+            return False
+        try:
+            cnx.query("SELECT")
+        except Exception:
+            return False
+        return True
+
+    def __del__(self) -> None:
+        try:
+            if self._closeable:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._db is None else ("lost" if self.is_lost() else "open")
+        return f"<SteadyPgConnection {state} usage={self._usage} transaction={self._transaction}>"
+
+    # -- the call path ------------------------------------------------------------------------
+
+    def _live_db(self) -> pg.DB:
+        db = self._db
+        if db is None:
+            raise InvalidConnectionError("the connection is closed; call reopen() to use it again")
+        return db
+
+    def _run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call ``func(pg.DB, *args, **kwargs)`` with reopen-and-retry outside transactions."""
+        db = self._live_db()
+        state = self._cnx.transaction()
+        if self._usage >= self._maxusage and state == _TRANS_IDLE and not self._transaction:
+            self._open_new()
+            db = self._live_db()
+        try:
+            result = func(db, *args, **kwargs)
+        except Exception as exc:
+            return self._recover(exc, state, func, args, kwargs)
+        self._usage += 1
+        return result
+
+    def _recover(
+        self,
+        exc: Exception,
+        state: int,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Handle a failed call: re-raise SQL errors, reopen lost connections where safe."""
+        if self._cnx is not None and self._cnx.status:
+            raise exc  # the connection is fine: an error about the SQL or the arguments
+        self._event("lost")
+        ends = _ending_statement(func, args)
+        # UNKNOWN before the call means the connection was already dead: no live transaction
+        # unless begin() (or an earlier loss inside a raw BEGIN) set the flag.
+        if self._transaction or state not in (_TRANS_IDLE, _TRANS_UNKNOWN):
+            # The server's transaction died with the connection; keep refusing to reopen
+            # until the caller ends it, as if begin() had been called.
+            self._transaction = True
+            if ends is not None:
+                return self._end_lost_transaction(ends, exc)
+            raise _lost_error(exc, "inside a transaction; end it with rollback()")
+        self._reopen_after_loss()
+        if ends == "rollback":
+            return None  # nothing to roll back on the new connection
+        if not self._retry:
+            raise ConnectionLostError(
+                f"connection lost during {func.__name__}(); reopened but not retried "
+                "(retry_after_reopen is off)"
+            ) from None
+        try:
+            result = func(self._db, *args, **kwargs)
+        except Exception as again:
+            if self._cnx is not None and self._cnx.status:
+                raise
+            raise _lost_error(again, "again right after reopening") from None
+        self._usage += 1
+        return result
+
+    def _reopen_after_loss(self) -> None:
+        self._open_new()
+        self.logger.warning("connection lost; reopened")
+        self._event("reopened")
+
+    def _end_lost_transaction(self, statement: str, exc: Exception) -> None:
+        """commit/rollback on a connection whose transaction died with it."""
+        self._transaction = False
+        if statement == "rollback":
+            # What rollback asked for already happened on the server; reopen if we can.
+            try:
+                self._reopen_after_loss()
+            except ServerUnavailableError as down:
+                self.logger.warning("connection lost in a transaction; reopen failed: %s", down)
+            return None
+        raise _lost_error(exc, "before the transaction was committed; it was rolled back")
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def begin(self, mode: str | None = None) -> Any:
+        """Begin a transaction; until it ends, nothing is reopened and errors pass through."""
+        result = self._run(pg.DB.begin, (mode,), {})
+        self._transaction = True
+        return result
+
+    start = begin
+
+    def commit(self) -> Any:
+        """Commit the transaction (also ends the transaction if the commit fails)."""
+        try:
+            return self._run(pg.DB.commit, (), {})
+        finally:
+            self._transaction = False
+
+    end = commit
+
+    def rollback(self, name: str | None = None) -> Any:
+        """Roll back the transaction, or to the savepoint ``name``.
+
+        A plain rollback on a connection that was lost succeeds: the server already discarded
+        the transaction. The connection is reopened (or left to reopen on next use if the
+        server is still down).
+        """
+        if name:
+            return self._run(pg.DB.rollback, (name,), {})
+        try:
+            return self._run(pg.DB.rollback, (), {})
+        finally:
+            self._transaction = False
+
+    abort = rollback
+
+    def __enter__(self) -> SteadyPgConnection:
+        """``with conn:`` runs the block in a transaction: commit, or roll back on error."""
+        self.begin()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    # -- plain attributes ---------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the connection (status, backend_pid, server_version, dbname, ...).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._live_db(), name)
+
+    def __dir__(self) -> list[str]:
+        names = set(super().__dir__())
+        if self._db is not None:
+            names.update(dir(self._db))
+        return sorted(names)
+
+
+def _ending_statement(func: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
+    """'commit' or 'rollback' if this call ends a transaction, else None."""
+    if func is pg.DB.commit:
+        return "commit"
+    if func is pg.DB.rollback and not (args and args[0]):
+        return "rollback"
+    if (
+        func is pg.DB.query
+        and args
+        and isinstance(args[0], str)
+        and _ENDS_TRANSACTION.match(args[0])
+    ):
+        return "commit" if _IS_COMMIT.match(args[0]) else "rollback"
+    return None
+
+
+def _lost_error(exc: Exception, where: str) -> Exception:
+    """The error for a lost connection: PyGreSQL's own if it is one, else ConnectionLostError."""
+    if isinstance(exc, pg.Error):
+        return exc
+    return ConnectionLostError(f"connection to the server lost {where}")
+
+
+def _close_quietly(db: pg.DB) -> None:
+    with contextlib.suppress(Exception):
+        db.close()
+
+
+# Methods that never touch the server: forwarded without the reopen logic.
+_PLAIN = frozenset({"decode_json", "encode_json", "unescape_bytea", "transaction", "fileno"})
+# Methods SteadyPgConnection defines itself.
+_OWN = frozenset(
+    {"close", "reopen", "reset", "begin", "start", "commit", "end", "rollback", "abort"}
+)
+
+
+def _tough_method(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def method(self: SteadyPgConnection, *args: Any, **kwargs: Any) -> Any:
+        return self._run(func, args, kwargs)
+
+    return method
+
+
+def _plain_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def method(self: SteadyPgConnection, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._live_db(), name)(*args, **kwargs)
+
+    return method
+
+
+def api_method_names() -> list[str]:
+    """Public method names of ``pg.DB`` that steady and pooled connections offer."""
+    return sorted(
+        name
+        for name, value in vars(pg.DB).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, staticmethod))
+    )
+
+
+def _install_wrappers() -> None:
+    for name in api_method_names():
+        if name in _OWN:
+            continue
+        func = getattr(pg.DB, name)
+        wrapper = _plain_method(name, func) if name in _PLAIN else _tough_method(func)
+        setattr(SteadyPgConnection, name, wrapper)
+
+
+_install_wrappers()
+
+
+def _after_fork_in_child() -> None:
+    """Cut every inherited connection off from the parent's socket.
+
+    The child must never write to a socket it shares with the parent: even closing it would
+    send the server a Terminate message and end the parent's session. The socket's file
+    descriptor is pointed at /dev/null instead, so whatever the child does with the old
+    connection (use it, close it, collect it) stays in the child; a later call finds the
+    connection lost and reopens it, outside a transaction, on a socket of its own.
+    """
+    global _LIVE_LOCK
+    _LIVE_LOCK = threading.Lock()
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        for conn in list(_LIVE):
+            cnx = conn._cnx
+            if cnx is None or conn._pid == os.getpid():
+                continue
+            try:
+                fd = cnx.socket
+                if isinstance(fd, int) and fd >= 0:
+                    os.dup2(devnull, fd)
+            except Exception:
+                pass
+            conn._pid = os.getpid()
+    finally:
+        os.close(devnull)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
