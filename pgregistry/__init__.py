@@ -23,6 +23,8 @@ from .errors import (
 from .maintenance import Maintenance
 from .policies import PingPolicy, ResetPolicy
 from .pool import PooledPg, PooledPgConnection, PoolStats
+from .registry import Registry, ReloadResult
+from .registry import default_registry as registry
 from .steady import SteadyPgConnection
 
 __version__ = "0.1.0"
@@ -40,12 +42,28 @@ __all__ = [
     "PooledPg",
     "PooledPgConnection",
     "PooledPgError",
+    "Registry",
+    "ReloadResult",
     "ResetPolicy",
     "ServerUnavailableError",
     "SteadyPgConnection",
     "TooManyConnectionsError",
     "UnknownPoolError",
+    "connection",
+    "get",
+    "registry",
 ]
+
+
+def get(name: str | None = None) -> PooledPg:
+    """The pool ``name`` of the process-wide registry (configured from ``PGPOOLS_CONFIG`` or
+    ``./pgpools.toml`` and the environment on first use)."""
+    return registry.get(name)
+
+
+def connection(name: str | None = None) -> PooledPgConnection:
+    """A connection from the pool ``name`` of the process-wide registry."""
+    return registry.connection(name)
 
 # Libraries log; applications decide where the records go.
 logging.getLogger("pgregistry").addHandler(logging.NullHandler())

@@ -40,7 +40,13 @@ from .errors import (
 )
 from .maintenance import Maintenance, Task
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
-from .steady import SetSession, SteadyPgConnection, api_method_names, normalize_setsession
+from .steady import (
+    SetSession,
+    SteadyPgConnection,
+    _secrets_of,
+    api_method_names,
+    normalize_setsession,
+)
 
 __all__ = ["PoolStats", "PooledPg", "PooledPgConnection"]
 
@@ -247,6 +253,8 @@ class PooledPg:
         maintenance: Maintenance | None = None,
         **kwargs: Any,
     ) -> None:
+        self._closed = True  # until fully built: __del__ and __repr__ of a refused pool
+        self.name: str = name if isinstance(name, str) and name else "?"
         mincached = _check_size("mincached", mincached)
         maxcached = _check_size("maxcached", maxcached)
         maxconnections = _check_size("maxconnections", maxconnections)
@@ -277,7 +285,7 @@ class PooledPg:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name: must be a non-empty string (got {name!r})")
 
-        self.name: str = name or f"pool{next(_pool_numbers)}"
+        self.name = name or f"pool{next(_pool_numbers)}"
         self.logger = logging.getLogger(f"pgregistry.pool.{self.name}")
         self._mincached = mincached
         self._maxcached = maxcached
@@ -287,9 +295,7 @@ class PooledPg:
         self._retry = bool(retry_after_reopen)
         self._args = args
         self._kwargs = kwargs
-        self._secrets = tuple(
-            s for s in (kwargs.get("passwd"), args[5] if len(args) > 5 else None) if s
-        )
+        self._secrets = _secrets_of(args, kwargs)
 
         self._lock = threading.Lock()
         self._idle: deque[_Slot] = deque()
@@ -297,7 +303,6 @@ class PooledPg:
         self._opening = 0  # of those, being opened right now
         self._waiters: deque[_Waiter] = deque()
         self._checked_out: set[_Slot] = set()  # maintained only for leak detection
-        self._closed = False
         self._generation = 0
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._wait_ns = 0
@@ -308,6 +313,7 @@ class PooledPg:
         self._restart_upkeep = False  # set in a forked child: no maintenance thread there yet
         _POOLS.add(self)
 
+        self._closed = False
         self._fill(mincached, raise_errors=True)
         self._start_upkeep()
         self.logger.info(
@@ -783,6 +789,8 @@ class PooledPg:
         return stats
 
     def __repr__(self) -> str:
+        if not hasattr(self, "_idle"):
+            return f"<PooledPg {self.name!r} not built>"
         state = "closed" if self._closed else "open"
         return (
             f"<PooledPg {self.name!r} {state} open={self._size - self._opening} "
@@ -826,17 +834,24 @@ class PooledPgConnection(_DBAPI):
     connection goes back only after the query is done.
     """
 
-    __slots__ = ("__weakref__", "_con", "_pool", "_slot")
+    __slots__ = ("__weakref__", "_con", "_pool", "_result", "_slot")
 
     def __init__(self, pool: PooledPg, slot: _Slot) -> None:
         self._pool = pool
         self._slot: _Slot | None = slot
         self._con: SteadyPgConnection | None = slot.conn
+        #: The last query result, whose column types are looked up before the connection
+        #: goes back (see _prime_types).
+        self._result: object = None
 
     def close(self) -> None:
         """Return the connection to the pool (once; later calls do nothing)."""
         slot = self._slot
         if slot is not None:
+            result = self._result
+            if result is not None:
+                self._result = None
+                _prime_types(slot.conn, result)
             self._slot = self._con = None
             self._pool._checkin(slot)
 
@@ -866,7 +881,16 @@ class PooledPgConnection(_DBAPI):
         con = self._con
         if con is None:
             con = self._live()
-        return con.query(command, *args)
+        self._result = result = con.query(command, *args)
+        return result
+
+    def query_formatted(self, *args: Any, **kwargs: Any) -> Any:
+        self._result = result = self._live().query_formatted(*args, **kwargs)
+        return result
+
+    def query_prepared(self, name: str, *args: Any) -> Any:
+        self._result = result = self._live().query_prepared(name, *args)
+        return result
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -888,6 +912,43 @@ class PooledPgConnection(_DBAPI):
         return f"<PooledPgConnection of {self._pool.name!r} {state}>"
 
 
+# Column types that PyGreSQL converts without asking the server (see _prime_types): bool,
+# bytea, char, name, int8, int2, int4, text, oid, json, float4, float8, money, bpchar, varchar,
+# numeric, jsonb, and arrays of these.
+_NATIVE_TYPES = frozenset(
+    {16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 790, 1042, 1043, 1700, 3802}
+    | {199, 1000, 1001, 1002, 1003, 1005, 1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028}
+    | {1231, 3807}
+)
+
+
+def _prime_types(conn: SteadyPgConnection, result: object) -> None:
+    """Look up now the column types that reading ``result`` would look up later.
+
+    PyGreSQL fetches a type's description from the server the first time a connection meets
+    it in a result (timestamptz, date, uuid, records, ...), and it does so when the result is
+    read, on the connection the result came from. ``pool.connection().query(...).getresult()``
+    reads after the connection went back to the pool, where another thread may be using it.
+    Looking the types up while the connection is still ours makes that line safe.
+    """
+    if type(result) is not pg.Query:
+        return
+    db = conn._db
+    if db is None:
+        return
+    try:
+        dbtypes = db.dbtypes
+        fields: Any = result.fieldinfo()  # type: ignore[call-arg]  # column is optional
+        for field in fields:
+            oid = field[1]
+            if oid not in _NATIVE_TYPES and oid not in dbtypes:
+                typ = dbtypes.get(oid)
+                if typ is not None and typ.relid:
+                    dbtypes.get_attnames(typ)
+    except Exception:
+        pass  # best effort: reading the result will report any real problem
+
+
 def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def method(self: PooledPgConnection, *args: Any, **kwargs: Any) -> Any:
         con = self._con
@@ -904,7 +965,7 @@ def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any
 def _install_forwarders() -> None:
     names = set(api_method_names()) | {"ping", "in_transaction", "is_lost"}
     for name in sorted(names):
-        if name in {"close", "reopen", "query"} or name in PooledPgConnection.__dict__:
+        if name in PooledPgConnection.__dict__:
             continue
         attr = getattr(SteadyPgConnection, name)
         if isinstance(attr, property):

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -83,11 +84,23 @@ def normalize_setsession(setsession: object) -> tuple[str, ...] | Callable[[pg.D
     )
 
 
+# The password of a postgresql:// URI as written (userinfo or ?password=): libpq quotes such a
+# token verbatim in errors like 'invalid percent-encoded token: "..."'.
+_URI = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+_URI_USERINFO_PASSWORD = re.compile(r"\s*postgres(?:ql)?://[^:@/?#]*:([^@/?#]+)@", re.IGNORECASE)
+_URI_PARAM_PASSWORD = re.compile(r"[?&]password=([^&#]+)", re.IGNORECASE)
+
+
 def _secrets_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
     """Literal passwords among the pg.DB arguments (positional ``passwd`` is the 6th)."""
     found = [kwargs.get("passwd"), kwargs.get("password")]
     if len(args) >= 6:
         found.append(args[5])
+    dbname = args[0] if args else kwargs.get("dbname")
+    if isinstance(dbname, str) and _URI.match(dbname):
+        userinfo = _URI_USERINFO_PASSWORD.match(dbname)
+        found.append(userinfo.group(1) if userinfo else None)
+        found.extend(_URI_PARAM_PASSWORD.findall(dbname))
     return tuple(s for s in found if isinstance(s, str) and s)
 
 
@@ -170,10 +183,12 @@ class SteadyPgConnection(_DBAPI):
             try:
                 return pg.DB(*self._args, **self._kwargs)
             except pg.Error as exc:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    # Not chained: libpq may echo parts of a malformed conninfo (a password).
-                    raise ServerUnavailableError(redact(str(exc).strip(), self._secrets)) from None
+                message = redact(str(exc).strip(), self._secrets)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # Raised outside the except block so that not even __context__ keeps libpq's
+                # raw message: it may echo a malformed conninfo, password included.
+                raise ServerUnavailableError(message) from None
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, _BACKOFF_CAP)
 
@@ -311,7 +326,8 @@ class SteadyPgConnection(_DBAPI):
         """Handle a failed call: re-raise SQL errors, reopen lost connections where safe."""
         if self._cnx is not None and self._cnx.status:
             raise exc  # the connection is fine: an error about the SQL or the arguments
-        self._event("lost")
+        if state != _TRANS_UNKNOWN:
+            self._event("lost")  # once per loss, not again for each call on a known-dead one
         ends = _ending_statement(func, args)
         # UNKNOWN before the call means the connection was already dead: no live transaction
         # unless begin() (or an earlier loss inside a raw BEGIN) set the flag.
@@ -495,16 +511,21 @@ def _after_fork_in_child() -> None:
 
     The child must never write to a socket it shares with the parent: even closing it would
     send the server a Terminate message and end the parent's session. The socket's file
-    descriptor is pointed at /dev/null instead, so whatever the child does with the old
-    connection (use it, close it, collect it) stays in the child; a later call finds the
-    connection lost and reopens it, outside a transaction, on a socket of its own.
+    descriptor is pointed at a socket whose peer is closed instead, so whatever the child does
+    with the old connection (use it, close it, collect it) stays in the child; a later call
+    finds the connection lost (writes fail, reads see end-of-file, and libpq marks the
+    connection bad, as after a killed backend) and reopens it, outside a transaction, on a
+    socket of its own. (/dev/null would not do: a read from it fails without libpq marking the
+    connection bad, so every later call would fail.)
     """
     global _LIVE_LOCK
     _LIVE_LOCK = threading.Lock()
     try:
-        devnull = os.open(os.devnull, os.O_RDWR)
+        dead, peer = socket.socketpair()
     except OSError:
         return
+    peer.close()
+    dead_fd = dead.fileno()
     try:
         for conn in list(_LIVE):
             cnx = conn._cnx
@@ -513,12 +534,12 @@ def _after_fork_in_child() -> None:
             try:
                 fd = cnx.socket
                 if isinstance(fd, int) and fd >= 0:
-                    os.dup2(devnull, fd)
+                    os.dup2(dead_fd, fd)
             except Exception:
                 pass
             conn._pid = os.getpid()
     finally:
-        os.close(devnull)
+        dead.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

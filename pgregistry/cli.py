@@ -1,0 +1,188 @@
+"""The ``pgregistry`` command: ``check`` a configuration, ``ping`` its pools.
+
+Exit status: 0 when everything is fine, 1 when a pool could not be reached, 2 when the
+configuration is invalid or the command line is wrong. Secrets are masked in all output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from .config import PoolSettings, Settings, load_settings
+from .conninfo import redact
+from .errors import ConfigError
+from .steady import SteadyPgConnection
+
+__all__ = ["main"]
+
+_PING_ROUNDS = 3
+_SIZE_KEYS = ("mincached", "maxcached", "maxconnections", "blocking", "reset", "timeout")
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    out = out or sys.stdout
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"pgregistry: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        return _check(settings, as_json=args.json, out=out)
+    return _ping(settings, args.names, as_json=args.json, out=out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgregistry", description="Check and ping the pools of a pgpools.toml configuration."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default: $PGPOOLS_CONFIG, else ./pgpools.toml)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON for machines")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate the configuration and print the resolved pools, secrets masked",
+    )
+    ping = commands.add_parser(
+        "ping",
+        parents=[common],
+        help="connect to each pool's server; print its version and round-trip latency",
+    )
+    ping.add_argument("names", nargs="*", metavar="NAME", help="pools to ping (default: all)")
+    return parser
+
+
+def _check(settings: Settings, *, as_json: bool, out: TextIO) -> int:
+    pools = {name: settings.pools[name].describe() for name in sorted(settings.pools)}
+    if as_json:
+        json.dump(
+            {"source": settings.source, "default": settings.default, "pools": pools},
+            out,
+            indent=2,
+            default=str,
+        )
+        out.write("\n")
+        return 0
+    out.write(f"configuration: {settings.source}\n")
+    if not pools:
+        out.write("no pools configured\n")
+        return 0
+    rows = [["pool", "target", *_SIZE_KEYS]]
+    for name, described in pools.items():
+        marker = " (default)" if name == _default_name(settings) else ""
+        rows.append(
+            [name + marker, _target(settings.pools[name])]
+            + [_cell(described.get(key)) for key in _SIZE_KEYS]
+        )
+    _table(rows, out)
+    return 0
+
+
+def _ping(settings: Settings, names: list[str], *, as_json: bool, out: TextIO) -> int:
+    unknown = [n for n in names if n not in settings.pools]
+    if unknown:
+        known = ", ".join(sorted(settings.pools)) or "(none)"
+        print(
+            f"pgregistry: unknown pool(s) {', '.join(unknown)}; configured pools: {known}",
+            file=sys.stderr,
+        )
+        return 2
+    results = [_ping_one(settings.pools[n]) for n in (names or sorted(settings.pools))]
+    if as_json:
+        json.dump(results, out, indent=2)
+        out.write("\n")
+    else:
+        rows = [["pool", "status", "server", "latency"]]
+        for r in results:
+            if r["ok"]:
+                rows.append([r["pool"], "ok", r["server_version"], f"{r['latency_ms']:.2f} ms"])
+            else:
+                rows.append([r["pool"], "FAILED", "-", r["error"]])
+        _table(rows, out)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _ping_one(pool: PoolSettings) -> dict[str, Any]:
+    """Open one connection the way the pool would, run SELECT 1 a few times, close it."""
+    kwargs = pool.pool_kwargs()
+    result: dict[str, Any] = {"pool": pool.name, "ok": False}
+    try:
+        conn = SteadyPgConnection(
+            None,
+            kwargs.get("setsession"),
+            True,
+            dbname=kwargs["dbname"],
+        )
+        try:
+            rounds = []
+            for _ in range(_PING_ROUNDS):
+                started = time.perf_counter()
+                conn.query("SELECT 1")
+                rounds.append((time.perf_counter() - started) * 1000)
+            version = int(conn.server_version)
+        finally:
+            conn.close()
+    except Exception as exc:
+        result["error"] = redact(" ".join(str(exc).split()))
+        return result
+    result.update(
+        ok=True, server_version=_version(version), latency_ms=round(statistics.median(rounds), 3)
+    )
+    return result
+
+
+def _version(number: int) -> str:
+    major = number // 10000
+    return f"{major}.{number % 10000}" if major >= 10 else f"{major}.{number // 100 % 100}"
+
+
+def _default_name(settings: Settings) -> str | None:
+    return settings.default or ("default" if "default" in settings.pools else None)
+
+
+def _target(pool: PoolSettings) -> str:
+    described = pool.describe()
+    target = described.get("target") or described.get("conninfo")
+    if isinstance(target, str):
+        return redact(target)
+    parts = [
+        f"{key}={described[key]}"
+        for key in ("service", "host", "port", "dbname", "user")
+        if described.get(key) not in (None, "")
+    ]
+    return redact(" ".join(parts)) or "(libpq defaults)"
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        out.write("  ".join(cells).rstrip() + "\n")
+        if index == 0:
+            out.write("  ".join("-" * width for width in widths) + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The registry: named pools from the configuration, built lazily and closed together.
+
+``Registry.get(name)`` builds a pool on its first use, exactly once even when many threads ask
+at the same moment, and afterwards costs one dictionary lookup. ``reload()`` applies a new
+configuration without dropping clients: unchanged pools keep their connections, a changed
+pool is replaced for new checkouts while the old one drains, a removed pool drains and closes.
+One maintenance thread serves every pool of a registry.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings, load_settings
+from .errors import PoolClosedError, UnknownPoolError
+from .maintenance import Maintenance
+from .pool import PooledPg, PooledPgConnection, PoolStats
+
+__all__ = ["Registry", "ReloadResult", "default_registry"]
+
+_log = logging.getLogger("pgregistry.registry")
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What :meth:`Registry.reload` changed, by pool name."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = field(default=())
+
+
+class Registry:
+    """Named :class:`~pgregistry.PooledPg` pools declared by a :class:`~pgregistry.config.Settings`.
+
+    ``Registry(settings)`` uses the given settings; ``Registry(loader=...)`` calls the loader on
+    first use and on every :meth:`reload`. :meth:`from_config` does the usual: the TOML file
+    (``PGPOOLS_CONFIG`` or ``./pgpools.toml``) plus the environment.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        loader: Callable[[], Settings] | None = None,
+    ) -> None:
+        if settings is None and loader is None:
+            loader = load_settings
+        self._loader = loader
+        self._settings = settings
+        # name -> pool; None maps to the default pool once it is built. Replaced, never
+        # mutated, so get() reads it without a lock.
+        self._pools: dict[str | None, PooledPg] = {}
+        self._lock = threading.Lock()  # guards _pools swaps, _build_locks, _settings
+        self._build_locks: dict[str, threading.Lock] = {}
+        self._maintenance = Maintenance("pgregistry-maintenance")
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls, path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+    ) -> Registry:
+        """Load ``path`` (or ``PGPOOLS_CONFIG`` / ``./pgpools.toml``) and the environment now.
+
+        The same file and environment are read again by :meth:`reload`.
+        """
+
+        def loader() -> Settings:
+            return load_settings(path, env=env)
+
+        return cls(loader(), loader=loader)
+
+    # -- lookup -------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration in force (loaded now if this registry loads lazily)."""
+        settings = self._settings
+        if settings is None:
+            with self._lock:
+                if self._settings is None:
+                    assert self._loader is not None
+                    self._settings = self._loader()
+                settings = self._settings
+        return settings
+
+    def names(self) -> list[str]:
+        """The configured pool names, sorted."""
+        return sorted(self.settings.pools)
+
+    def get(self, name: str | None = None) -> PooledPg:
+        """The pool called ``name`` (the default pool if None), built on first use.
+
+        Raises :class:`~pgregistry.UnknownPoolError` listing the configured names, and
+        :class:`~pgregistry.PoolClosedError` after :meth:`close`.
+        """
+        try:
+            return self._pools[name]
+        except KeyError:
+            return self._build(name)
+
+    def connection(self, name: str | None = None) -> PooledPgConnection:
+        """Check out a connection from the pool called ``name`` (see :meth:`get`)."""
+        return self.get(name).connection()
+
+    def _resolve(self, name: str | None, settings: Settings) -> str:
+        if name is None:
+            default = settings.default or ("default" if "default" in settings.pools else None)
+            if default is None:
+                raise UnknownPoolError(
+                    'no default pool: name one with default = "..." or declare [pools.default]'
+                    f"; configured pools: {_listing(settings.pools)}"
+                )
+            name = default
+        if name not in settings.pools:
+            raise UnknownPoolError(
+                f"unknown pool {name!r}; configured pools: {_listing(settings.pools)}"
+            )
+        return name
+
+    def _build(self, name: str | None) -> PooledPg:
+        settings = self.settings
+        real = self._resolve(name, settings)
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("the registry is closed")
+            lock = self._build_locks.setdefault(real, threading.Lock())
+        with lock:  # one builder per pool; the others wait here, then find it built
+            pool = self._pools.get(real)
+            if pool is None:
+                kwargs: dict[str, Any] = settings.pools[real].pool_kwargs()
+                pool = PooledPg(maintenance=self._maintenance, **kwargs)
+                with self._lock:
+                    # Closed or reloaded while building: never publish a stale pool.
+                    published = not self._closed and self._settings is settings
+                    if published:
+                        self._pools = {**self._pools, real: pool}
+                if not published:
+                    pool.close()
+                    return self.get(name)
+            if name is None:
+                with self._lock:
+                    if self._pools.get(real) is pool:
+                        self._pools = {**self._pools, None: pool}
+            return pool
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def reload(self, settings: Settings | None = None) -> ReloadResult:
+        """Apply a new configuration (from the loader, or ``settings``) without dropping clients.
+
+        Unchanged pools keep their connections. A changed pool is rebuilt on its next use; the
+        old one drains: idle connections close now, checked-out ones when they are returned.
+        Removed pools drain the same way. An invalid configuration raises
+        :class:`~pgregistry.ConfigError` and changes nothing.
+        """
+        if settings is None:
+            if self._loader is None:
+                raise ValueError("this registry has no loader; pass the new settings")
+            settings = self._loader()
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("the registry is closed")
+            old_settings = self._settings
+            old_pools = self._pools
+            old_conf = old_settings.pools if old_settings is not None else {}
+            added = tuple(sorted(set(settings.pools) - set(old_conf)))
+            removed = tuple(sorted(set(old_conf) - set(settings.pools)))
+            changed = tuple(
+                sorted(
+                    n
+                    for n in set(settings.pools) & set(old_conf)
+                    if settings.pools[n].pool_kwargs() != old_conf[n].pool_kwargs()
+                )
+            )
+            unchanged = tuple(sorted(set(settings.pools) & set(old_conf) - set(changed)))
+            keep: dict[str | None, PooledPg] = {
+                n: p for n, p in old_pools.items() if n is not None and n in unchanged
+            }
+            new_default = settings.default or ("default" if "default" in settings.pools else None)
+            if new_default in keep:
+                keep[None] = keep[new_default]
+            retired = [p for n, p in old_pools.items() if n is not None and n not in keep]
+            self._settings = settings
+            self._pools = keep
+        for pool in retired:
+            pool.close()
+        result = ReloadResult(added, changed, removed, unchanged)
+        _log.info(
+            "configuration reloaded: added %s, changed %s, removed %s",
+            list(added),
+            list(changed),
+            list(removed),
+        )
+        return result
+
+    def close(self) -> None:
+        """Close every pool (checked-out connections close when returned). Idempotent."""
+        with self._lock:
+            self._closed = True
+            pools = {id(p): p for p in self._pools.values()}
+            self._pools = {}
+        for pool in pools.values():
+            pool.close()
+        self._maintenance.stop()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def stats(self) -> dict[str, PoolStats]:
+        """Every built pool's :meth:`~pgregistry.PooledPg.stats`, by name."""
+        return {n: p.stats() for n, p in sorted(self._pools.items(), key=_key) if n is not None}
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        built = sorted(n for n in self._pools if n is not None)
+        return f"<Registry built={built} {'closed' if self._closed else 'open'}>"
+
+
+def _key(item: tuple[str | None, PooledPg]) -> str:
+    return item[0] or ""
+
+
+def _listing(names: Mapping[str, object]) -> str:
+    return ", ".join(sorted(names)) or "(none)"
+
+
+#: The process-wide registry behind ``pgregistry.registry``, ``pgregistry.get()`` and
+#: ``pgregistry.connection()``: it reads ``PGPOOLS_CONFIG`` (or ``./pgpools.toml``) and the
+#: environment on first use, and closes at interpreter exit.
+default_registry: Registry = Registry(loader=load_settings)
+atexit.register(default_registry.close)
