@@ -71,12 +71,15 @@ from .conninfo import (
     TARGET_KEYWORDS,
     ConninfoError,
     build_conninfo,
+    escape_option,
     is_conninfo,
     mask_conninfo,
     parse_conninfo,
+    quote_ident,
+    quote_literal,
     redact,
 )
-from .errors import ConfigError
+from .errors import ConfigError, InvalidTenantError
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
 
 __all__ = [
@@ -87,7 +90,9 @@ __all__ = [
     "SECRETS_DIR_ENV",
     "TARGET_KEYS",
     "PoolSettings",
+    "ServerSettings",
     "Settings",
+    "TenantSettings",
     "check_pool_name",
     "load_settings",
     "settings_from_mapping",
@@ -307,6 +312,9 @@ class PoolSettings(_Frozen):
     )
     ping_after: _Seconds = _doc("With ping=idle: check after this many idle seconds.", 30.0)
     leak_threshold: _OptionalSeconds = _doc("Log a connection held longer (0/none: off).")
+    server: Annotated[str, AfterValidator(_no_nul)] | None = _doc(
+        "The [servers.NAME] budget this pool counts against (unset: matched by host and port)."
+    )
 
     # connection target
     host: _Text | None = _doc("Host name, IP address or socket directory (comma list: several).")
@@ -573,11 +581,166 @@ POOL_OPTION_KEYS: tuple[str, ...] = (
 )
 
 
-class Settings(_Frozen):
-    """The whole configuration: enabled pools with ``[defaults]`` merged in.
+#: Tenant keys allowed unless a template sets ``tenant_pattern``.
+DEFAULT_TENANT_PATTERN = "[a-z0-9][a-z0-9_]*"
+TENANT = "{tenant}"
+TENANT_LITERAL = "{tenant_literal}"
+#: Template fields where ``{tenant}`` may appear (``{tenant_literal}`` only in SQL).
+PLACEHOLDER_FIELDS = ("dbname", "user", "options", "application_name", "setsession", "search_path")
+_PLACEHOLDER = re.compile(r"\{tenant(?:_literal)?\}")
+# In SQL, {tenant} becomes a quoted identifier and must stand alone as one.
+_SQL_PLACEHOLDER_ALONE = re.compile(r"(?<![\w\"$'])\{tenant(?:_literal)?\}(?![\w\"$'])")
 
-    Later sections (``tenants``, ``servers``) become fields here, each read by
-    :func:`_build` from a top-level table of the same name.
+
+def _pattern(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise _fail("tenant_pattern", f"is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _schemas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class TenantSettings(PoolSettings):
+    """A ``[tenants.NAME]`` template: the settings of one pool per tenant key.
+
+    ``{tenant}`` may appear in ``dbname``, ``user``, ``options``, ``application_name``,
+    ``setsession`` and ``search_path``; :meth:`for_tenant` substitutes a checked key, quoted
+    for each place (see there). Tenant pools are built on demand, at most ``max_pools`` at a
+    time (the least recently used idle one is closed first), and closed after
+    ``idle_pool_timeout`` seconds unused.
+    """
+
+    max_pools: Annotated[int, BeforeValidator(_no_bool), Field(ge=1)] = _doc(
+        "Most tenant pools open at once.", 100
+    )
+    idle_pool_timeout: _OptionalSeconds = _doc(
+        "Seconds a tenant pool may go unused before it is closed (none: never).", 300.0
+    )
+    tenant_pattern: Annotated[str, BeforeValidator(_pattern), StringConstraints(min_length=1)] = (
+        _doc("Regular expression a whole tenant key must match.", DEFAULT_TENANT_PATTERN)
+    )
+    tenant_max_length: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=1000)] = _doc(
+        "Longest tenant key accepted.", 48
+    )
+    search_path: Annotated[tuple[_Statement, ...], BeforeValidator(_schemas)] = _doc(
+        "Schemas set as search_path after every (re)open; {tenant} allowed.", ()
+    )
+    overrides: dict[str, dict[str, Any]] = _doc(
+        "Per-tenant settings: [tenants.NAME.overrides.KEY] maxconnections = 20.", {}
+    )
+
+    @model_validator(mode="after")
+    def _placeholders_where_allowed(self) -> TenantSettings:
+        for key in type(self).model_fields:
+            if key in PLACEHOLDER_FIELDS or key in ("name", "tenant_pattern", "overrides"):
+                continue
+            value = getattr(self, key)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if isinstance(text, str) and _PLACEHOLDER.search(text):
+                raise _fail(
+                    "placeholder",
+                    f"{key}: {{tenant}} is allowed only in {', '.join(PLACEHOLDER_FIELDS)}",
+                )
+        for key in ("dbname", "user", "options", "application_name"):
+            text = getattr(self, key)
+            if isinstance(text, str) and TENANT_LITERAL in text:
+                raise _fail("placeholder", f"{key}: use {{tenant}}; {{tenant_literal}} is for SQL")
+        for index, statement in enumerate(self.setsession):
+            if len(_PLACEHOLDER.findall(statement)) != len(
+                _SQL_PLACEHOLDER_ALONE.findall(statement)
+            ):
+                raise _fail(
+                    "placeholder",
+                    f"setsession[{index}]: {{tenant}} must stand alone (it becomes a quoted "
+                    "identifier; {tenant_literal} a quoted string); use search_path for "
+                    "schema names built from the key",
+                )
+        return self
+
+    def check_tenant(self, key: object) -> str:
+        """Return ``key`` if it is an acceptable tenant key, else raise InvalidTenantError.
+
+        Checked before anything touches the network: a string matching ``tenant_pattern`` as
+        a whole, at most ``tenant_max_length`` characters, without NUL.
+        """
+        if (
+            not isinstance(key, str)
+            or len(key) > self.tenant_max_length
+            or "\x00" in key
+            or re.fullmatch(self.tenant_pattern, key) is None
+        ):
+            shown = repr(key) if not isinstance(key, str) or len(key) <= 40 else repr(key[:37])
+            if isinstance(key, str) and len(key) > 40:
+                shown += f"... ({len(key)} characters)"
+            raise InvalidTenantError(
+                f"tenant template {self.name!r}: invalid tenant key {shown}; a key must match "
+                f"{self.tenant_pattern} and have at most {self.tenant_max_length} characters"
+            )
+        return key
+
+    def for_tenant(self, key: str) -> PoolSettings:
+        """The settings of ``key``'s pool: placeholders substituted, overrides applied.
+
+        The key is checked first (:meth:`check_tenant`). In libpq values (``dbname``,
+        ``user``, ``application_name``) it is inserted as is, and the whole value is quoted
+        when the connection string is built; in ``options`` white space and backslashes are
+        escaped; in SQL, ``{tenant}`` becomes a quoted identifier and ``{tenant_literal}`` a
+        quoted string; each ``search_path`` entry becomes one quoted identifier.
+        """
+        self.check_tenant(key)
+        data = {name: getattr(self, name) for name in PoolSettings.model_fields}
+        for name in ("dbname", "user", "application_name"):
+            if isinstance(data[name], str):
+                data[name] = data[name].replace(TENANT, key)
+        if isinstance(data["options"], str):
+            data["options"] = data["options"].replace(TENANT, escape_option(key))
+        statements = []
+        if self.search_path:
+            schemas = ", ".join(quote_ident(s.replace(TENANT, key)) for s in self.search_path)
+            statements.append(f"SET search_path TO {schemas}")
+        for statement in self.setsession:
+            statement = statement.replace(TENANT_LITERAL, quote_literal(key))
+            statements.append(statement.replace(TENANT, quote_ident(key)))
+        data["setsession"] = tuple(statements)
+        override = self.overrides.get(key)
+        if override:
+            data.update(override)
+        return PoolSettings.model_construct(**data)
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["search_path"] = list(self.search_path)
+        out["overrides"] = {
+            key: {k: (MASK if k in _SECRET_FIELDS else v) for k, v in table.items()}
+            for key, table in self.overrides.items()
+        }
+        return out
+
+
+class ServerSettings(_Frozen):
+    """A ``[servers.NAME]`` budget: at most ``max_connections`` for all its pools together."""
+
+    name: str
+    host: _Text | None = _doc("Host of the server; pools with this host and port belong to it.")
+    port: Annotated[int | None, BeforeValidator(_port)] = _doc("Port of the server.", None)
+    max_connections: Annotated[int, BeforeValidator(_no_bool), Field(ge=1)] = Field(
+        description="Most connections all pools on this server may hold together."
+    )
+
+    def describe(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class Settings(_Frozen):
+    """The whole configuration: enabled pools and tenant templates with ``[defaults]`` merged
+    in, and the server budgets.
     """
 
     pools: dict[str, PoolSettings] = Field(default_factory=dict)
@@ -588,6 +751,8 @@ class Settings(_Frozen):
     )
     source: str = Field(default="", description="Where the settings came from, for messages.")
     disabled: tuple[str, ...] = Field(default=(), description="Pools switched off (enabled=false).")
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    servers: dict[str, ServerSettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -609,7 +774,25 @@ class Settings(_Frozen):
             "default": self.default,
             "disabled": list(self.disabled),
             "pools": {name: pool.describe() for name, pool in self.pools.items()},
+            "tenants": {name: t.describe() for name, t in self.tenants.items()},
+            "servers": {name: server.describe() for name, server in self.servers.items()},
         }
+
+    def server_of(self, pool: PoolSettings) -> str | None:
+        """The budget ``pool`` counts against: its ``server`` key, else the server whose host
+        and port (default 5432) are the pool's."""
+        return _server_of(pool, self.servers)
+
+
+def _server_of(pool: PoolSettings, servers: Mapping[str, ServerSettings]) -> str | None:
+    if pool.server is not None:
+        return pool.server
+    params = pool.libpq_params()
+    host, port = params.get("host"), params.get("port") or "5432"
+    for name, server in servers.items():
+        if server.host is not None and server.host == host and str(server.port or 5432) == port:
+            return name
+    return None
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -781,11 +964,12 @@ def _validate_pool(
     origin: Mapping[str, str],
     report: _Report,
     report_errors: _ReportErrors,
+    model: type[PoolSettings] = PoolSettings,
 ) -> PoolSettings | None:
-    """Validate one pool; report every problem; return it when it has none."""
+    """Validate one pool (or template); report every problem; return it when it has none."""
     sink: list[tuple[str, str]] = []
     try:
-        pool = PoolSettings.model_validate({**merged, "name": name}, context={"problems": sink})
+        pool = model.model_validate({**merged, "name": name}, context={"problems": sink})
     except ValidationError as exc:
         report_errors(exc, base, origin)
         # The combination checks (conninfo vs. host, mincached vs. maxconnections) run only on
@@ -794,7 +978,7 @@ def _validate_pool(
         bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
         rest = {key: value for key, value in merged.items() if key not in bad}
         with contextlib.suppress(ValidationError):
-            PoolSettings.model_validate({**rest, "name": name}, context={"problems": sink})
+            model.model_validate({**rest, "name": name}, context={"problems": sink})
         pool = None
     for key, msg in sink:
         report((*base, key), msg)
@@ -877,6 +1061,10 @@ def _build(raw: RawConfig) -> Settings:
         else:
             disabled.append(pool.name)
 
+    tenants = _build_tenants(data, defaults, pools_raw, report, report_errors)
+    servers = _build_servers(data, report, report_errors)
+    _check_budgets(pools, tenants, servers, report)
+
     default = data.get("default")
     if default is not None:
         if not isinstance(default, str):
@@ -900,4 +1088,161 @@ def _build(raw: RawConfig) -> Settings:
         default=default if isinstance(default, str) else None,
         source=raw.source,
         disabled=tuple(disabled),
+        tenants=tenants,
+        servers=servers,
     )
+
+
+def _build_tenants(
+    data: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    pools_raw: Mapping[str, Any],
+    report: _Report,
+    report_errors: _ReportErrors,
+) -> dict[str, TenantSettings]:
+    """Validate the ``[tenants.NAME]`` templates and their per-tenant overrides."""
+    tenants_raw = data.get("tenants", {})
+    if not isinstance(tenants_raw, Mapping):
+        report(("tenants",), "must be a table of tenant templates")
+        return {}
+    tenants: dict[str, TenantSettings] = {}
+    for name, layer_raw in tenants_raw.items():
+        base = ("tenants", str(name))
+        problem = check_pool_name(name)
+        if problem:
+            report(base, problem.replace("pool name", "template name"))
+            continue
+        if name in pools_raw:
+            report(base, f"a pool is also named {name!r}; pools and templates share names")
+            continue
+        if not isinstance(layer_raw, Mapping):
+            report(base, "must be a table of pool settings" + _got(layer_raw))
+            continue
+        layer, alias_problems = _normalize(layer_raw)
+        for key, msg in alias_problems:
+            report((*base, key), msg)
+        overrides_raw = layer.pop("overrides", {})
+        merged, origin = _apply_defaults(defaults, layer)
+        template = _validate_pool(
+            name, merged, base, origin, report, report_errors, model=TenantSettings
+        )
+        if not isinstance(template, TenantSettings) or alias_problems:
+            continue
+        overrides = _build_overrides(template, merged, overrides_raw, base, report, report_errors)
+        if overrides is None:
+            continue
+        if template.enabled:
+            tenants[name] = template.model_copy(update={"overrides": overrides})
+    return tenants
+
+
+_TEMPLATE_ONLY = frozenset(TenantSettings.model_fields) - frozenset(PoolSettings.model_fields)
+
+
+def _build_overrides(
+    template: TenantSettings,
+    merged: Mapping[str, Any],
+    overrides_raw: object,
+    base: tuple[str, ...],
+    report: _Report,
+    report_errors: _ReportErrors,
+) -> dict[str, dict[str, Any]] | None:
+    """Check each ``[tenants.NAME.overrides.KEY]`` table against the template's pool keys."""
+    if not isinstance(overrides_raw, Mapping):
+        report((*base, "overrides"), "must be a table of tenant keys")
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    ok = True
+    pool_layer = {k: v for k, v in merged.items() if k not in _TEMPLATE_ONLY}
+    for key, table in overrides_raw.items():
+        where = (*base, "overrides", str(key))
+        try:
+            template.check_tenant(key)
+        except InvalidTenantError as exc:
+            report(where, str(exc))
+            ok = False
+            continue
+        if not isinstance(table, Mapping):
+            report(where, "must be a table of pool settings" + _got(table))
+            ok = False
+            continue
+        layer, alias_problems = _normalize(table)
+        for k, msg in alias_problems:
+            report((*where, k), msg)
+        sink: list[tuple[str, str]] = []
+        try:
+            checked = PoolSettings.model_validate(
+                {**pool_layer, **layer, "name": template.name}, context={"problems": sink}
+            )
+        except ValidationError as exc:
+            report_errors(exc, where, None)
+            ok = False
+            continue
+        for k, msg in sink:
+            report((*where, k), msg)
+        if sink or alias_problems:
+            ok = False
+            continue
+        out[str(key)] = {k: getattr(checked, k) for k in layer}
+    return out if ok else None
+
+
+def _build_servers(
+    data: Mapping[str, Any], report: _Report, report_errors: _ReportErrors
+) -> dict[str, ServerSettings]:
+    servers_raw = data.get("servers", {})
+    if not isinstance(servers_raw, Mapping):
+        report(("servers",), "must be a table of servers")
+        return {}
+    servers: dict[str, ServerSettings] = {}
+    for name, table in servers_raw.items():
+        base = ("servers", str(name))
+        problem = check_pool_name(name)
+        if problem:
+            report(base, problem.replace("pool name", "server name"))
+            continue
+        if not isinstance(table, Mapping):
+            report(base, "must be a table" + _got(table))
+            continue
+        try:
+            servers[name] = ServerSettings.model_validate({**table, "name": name})
+        except ValidationError as exc:
+            report_errors(exc, base, None)
+    return servers
+
+
+def _check_budgets(
+    pools: Mapping[str, PoolSettings],
+    tenants: Mapping[str, TenantSettings],
+    servers: Mapping[str, ServerSettings],
+    report: _Report,
+) -> None:
+    """Every ``server`` key names a server; no server's pools open more than its budget."""
+    at_start: dict[str, list[tuple[str, int]]] = {name: [] for name in servers}
+    members: list[tuple[tuple[str, str], PoolSettings, int]] = [
+        (("pools", name), pool, 1) for name, pool in pools.items()
+    ] + [(("tenants", name), t, t.max_pools) for name, t in tenants.items()]
+    for path, pool, copies in members:
+        server = _server_of(pool, servers)
+        if server is None:
+            continue
+        if server not in servers:
+            known = ", ".join(servers) or "none"
+            report(
+                (*path, "server"),
+                f"names server {server!r}, which is not configured (servers: {known})",
+            )
+            continue
+        if pool.mincached:
+            at_start[server].append((path[1], pool.mincached * copies))
+    for name, entries in at_start.items():
+        total = sum(n for _, n in entries)
+        budget = servers[name].max_connections
+        if total > budget:
+            parts = ", ".join(f"{pool} {n}" for pool, n in entries)
+            report(
+                ("servers", name, "max_connections"),
+                f"{budget} is below the {total} connections its pools open at start "
+                f"(mincached: {parts}; a template counts mincached x max_pools); raise "
+                "max_connections or lower mincached",
+            )

@@ -86,6 +86,8 @@ class _Shape(BaseSettings):
     default: str | None = None
     defaults: dict[str, Any] = {}
     pools: dict[str, dict[str, Any]] = {}
+    tenants: dict[str, dict[str, Any]] = {}
+    servers: dict[str, dict[str, Any]] = {}
 
 
 #: The top-level keys of a configuration.
@@ -144,7 +146,7 @@ def replaced_by(table: Mapping[str, Any]) -> set[str]:
 
 
 def _is_pool_table(path: Path_) -> bool:
-    return path == ("defaults",) or (len(path) == 2 and path[0] == "pools")
+    return path == ("defaults",) or (len(path) == 2 and path[0] in ("pools", "tenants"))
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any], path: Path_ = ()) -> dict[str, Any]:

@@ -436,3 +436,35 @@ def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
             out = out.replace(secret, MASK)
     out = _URI_SECRET.sub(lambda m: m.group("head") + MASK, out)
     return _KEYWORD_SECRET.sub(lambda m: m.group("key") + MASK, out)
+
+
+# -- SQL and server-option quoting (tenant keys are untrusted input) -------------------------
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as an SQL identifier: double quotes, embedded quotes doubled."""
+    if "\x00" in name:
+        raise ValueError("an SQL identifier cannot contain a NUL character")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """``value`` as an SQL string literal, safe whatever ``standard_conforming_strings`` is.
+
+    Plain ``'...'`` with quotes doubled; with a backslash in it, the ``E'...'`` form with
+    backslashes doubled too, which reads the same under either setting.
+    """
+    if "\x00" in value:
+        raise ValueError("an SQL literal cannot contain a NUL character")
+    quoted = value.replace("'", "''")
+    if "\\" in value:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
+
+
+def escape_option(value: str) -> str:
+    """``value`` for the ``options`` keyword, where the server splits words on white space.
+
+    A backslash escapes the next character there, so white space and backslashes are escaped.
+    """
+    return re.sub(r"([\s\\])", r"\\\1", value)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import pg
 
+from .budget import ServerBudget
 from .conninfo import redact
 from .errors import (
     InvalidConnectionError,
@@ -57,6 +58,8 @@ _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 # Lifetimes are shortened by up to this fraction, at random, so that connections opened
 # together do not all expire together.
 _LIFETIME_JITTER = 0.1
+# Under a server budget, how long a close waits for the server to end the backend, in seconds.
+_BACKEND_EXIT_WAIT = 1.0
 # Bounds for how often the maintenance task runs, in seconds.
 _UPKEEP_MIN, _UPKEEP_MAX = 0.01, 1.0
 
@@ -107,6 +110,8 @@ class PoolStats(TypedDict):
     reset_failures: int
     #: Connections held longer than ``leak_threshold``.
     leaks: int
+    #: Idle connections closed to make room for another pool on the same server budget.
+    stolen: int
 
 
 _COUNTERS = (
@@ -123,6 +128,7 @@ _COUNTERS = (
     "resets",
     "reset_failures",
     "leaks",
+    "stolen",
 )
 
 
@@ -229,6 +235,11 @@ class PooledPg:
     maintenance
         A shared :class:`~pgregistry.maintenance.Maintenance` to run this pool's upkeep on
         (registries pass theirs); by default the pool starts its own thread when it needs one.
+    budget
+        A :class:`~pgregistry.budget.ServerBudget` shared with the other pools on the same
+        server: every connection of this pool counts against it, and when it is full a new
+        connection first closes another pool's longest-idle connection, else waits (within
+        ``timeout``).
     """
 
     def __init__(
@@ -251,6 +262,7 @@ class PooledPg:
         ping_after: float = 30.0,
         leak_threshold: float | None = None,
         maintenance: Maintenance | None = None,
+        budget: ServerBudget | None = None,
         **kwargs: Any,
     ) -> None:
         self._closed = True  # until fully built: __del__ and __repr__ of a refused pool
@@ -303,6 +315,8 @@ class PooledPg:
         self._opening = 0  # of those, being opened right now
         self._waiters: deque[_Waiter] = deque()
         self._checked_out: set[_Slot] = set()  # maintained only for leak detection
+        # Every place counted in _size holds one unit of the budget (when there is one).
+        self._budget = budget
         self._generation = 0
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._wait_ns = 0
@@ -312,6 +326,8 @@ class PooledPg:
         self._upkeep: Task | None = None
         self._restart_upkeep = False  # set in a forked child: no maintenance thread there yet
         _POOLS.add(self)
+        if budget is not None:
+            budget.join(self)
 
         self._closed = False
         self._fill(mincached, raise_errors=True)
@@ -374,17 +390,26 @@ class PooledPg:
             self._size += missing
             self._opening += missing
         opened: list[_Slot] = []
-        error: ServerUnavailableError | None = None
+        error: ServerUnavailableError | PoolTimeoutError | None = None
+        budgeted = 0
         for _ in range(missing):
             try:
+                if self._budget is not None:
+                    # Refills take only free units; opening at start may wait like a checkout.
+                    self._budget.acquire(
+                        self, self._timeout if raise_errors else 0.0, steal=raise_errors
+                    )
+                budgeted += 1
                 opened.append(self._new_slot())
-            except ServerUnavailableError as exc:
+            except (ServerUnavailableError, PoolTimeoutError) as exc:
                 error = exc
                 break
         with self._lock:
             self._opening -= len(opened)
-        for _ in range(missing - len(opened)):
+        for _ in range(budgeted - len(opened)):
             self._release_place()
+        if missing > budgeted:
+            self._unreserve(missing - budgeted)
         for slot in opened:
             self._checkin(slot, fresh=True)
         if error is not None:
@@ -446,6 +471,12 @@ class PooledPg:
             else:
                 waiter = _Waiter()
                 self._waiters.append(waiter)
+        if waiter is None and self._budget is not None:
+            try:
+                self._budget.acquire(self, self._timeout)
+            except BaseException:
+                self._unreserve(1)
+                raise
         got = _OPEN if waiter is None else self._wait(waiter)
         slot = self._open_for_checkout() if got is _OPEN else got
         assert isinstance(slot, _Slot)
@@ -475,8 +506,32 @@ class PooledPg:
             if self._waiters and not self._closed:
                 self._opening += 1
                 self._waiters.popleft().give(_OPEN)
-            else:
-                self._size -= 1
+                return
+            self._size -= 1
+        self._freed(1)
+
+    def _unreserve(self, count: int) -> None:
+        """Undo places reserved for opening that got no budget unit."""
+        with self._lock:
+            self._size -= count
+            self._opening -= count
+
+    def _close_slot(self, slot: _Slot) -> None:
+        """Close a pooled connection (I/O; outside the lock).
+
+        Under a server budget, wait until the server has let the backend go, so that the
+        place handed on next is never counted twice on the server.
+        """
+        slot.conn.listener = None
+        if self._budget is not None:
+            slot.conn.close_and_wait(_BACKEND_EXIT_WAIT)
+        else:
+            slot.conn.close()
+
+    def _freed(self, count: int) -> None:
+        """``count`` places were freed and their connections closed: give back the budget."""
+        if self._budget is not None and count:
+            self._budget.release(count)
 
     def _track(self, slot: _Slot) -> None:
         """Remember where a connection was checked out, for leak detection."""
@@ -526,8 +581,7 @@ class PooledPg:
         if counter:
             with self._lock:
                 self._counts[counter] += 1
-        slot.conn.listener = None
-        slot.conn.close()
+        self._close_slot(slot)
         with self._lock:
             self._opening += 1
         return self._open_for_checkout()
@@ -542,31 +596,27 @@ class PooledPg:
             keep = False
             with self._lock:
                 self._counts["expired"] += 1
+        if not keep or slot.generation != self._generation:
+            # Closed before its place is handed on, so a budget is never exceeded.
+            self._drop(slot)
+            return
         to_close: _Slot | None = None
         with self._lock:
             if self._leak_threshold:
                 self._checked_out.discard(slot)
-            if slot.generation != self._generation:
-                to_close = slot  # checked out before a fork: not counted in this process
-            elif keep and not self._closed:
-                if self._waiters:
-                    self._waiters.popleft().give(slot)
-                elif self._maxcached and len(self._idle) >= self._maxcached:
-                    to_close = slot
-                    self._size -= 1
-                else:
-                    slot.since = now
-                    self._idle.append(slot)
-            else:
+            if self._closed or (
+                not self._waiters and self._maxcached and len(self._idle) >= self._maxcached
+            ):
                 to_close = slot
-                if self._waiters and not self._closed:
-                    self._opening += 1
-                    self._waiters.popleft().give(_OPEN)
-                else:
-                    self._size -= 1
+                self._size -= 1
+            elif self._waiters:
+                self._waiters.popleft().give(slot)
+            else:
+                slot.since = now
+                self._idle.append(slot)
         if to_close is not None:
-            to_close.conn.listener = None
-            to_close.conn.close()
+            self._close_slot(to_close)
+            self._freed(1)
 
     def _reset_on_return(self, slot: _Slot) -> bool:
         """Apply the reset policy; False when the connection must be closed instead."""
@@ -679,8 +729,8 @@ class PooledPg:
             self._counts["idle_closed"] += len(surplus)
             leaks = self._find_leaks(now) if self._leak_threshold else []
         for slot in expired + surplus:
-            slot.conn.listener = None
-            slot.conn.close()
+            self._close_slot(slot)
+        self._freed(len(expired) + len(surplus))
         if expired or surplus:
             self.logger.debug(
                 "pool %r: closed %d expired and %d idle connections",
@@ -713,9 +763,13 @@ class PooledPg:
         self._checkin(slot, fresh=alive) if alive else self._drop(slot)
 
     def _drop(self, slot: _Slot) -> None:
-        """Close a slot that is neither idle nor checked out, freeing its place."""
-        slot.conn.listener = None
-        slot.conn.close()
+        """Close a slot that is not idle, then hand its place to a waiter or free it."""
+        self._close_slot(slot)
+        with self._lock:
+            if self._leak_threshold:
+                self._checked_out.discard(slot)
+            if slot.generation != self._generation:
+                return  # from before a fork: its place was never counted in this process
         self._release_place(opening=False)
 
     def _find_leaks(self, now: float) -> list[tuple[_Slot, float]]:
@@ -746,8 +800,8 @@ class PooledPg:
             for waiter in waiters:
                 waiter.give(_CLOSED)
         for slot in idle:
-            slot.conn.listener = None
-            slot.conn.close()
+            self._close_slot(slot)
+        self._freed(len(idle))
         self._forget_upkeep()
         self.logger.info("pool %r closed", self.name)
 
@@ -755,6 +809,32 @@ class PooledPg:
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
+
+    @property
+    def busy(self) -> bool:
+        """True while connections are checked out (or being opened) or callers wait."""
+        with self._lock:
+            return self._size > len(self._idle) or bool(self._waiters)
+
+    def oldest_idle_since(self) -> float | None:
+        """When the longest-idle connection went idle (monotonic), None if none is idle."""
+        idle = self._idle
+        try:
+            return idle[0].since
+        except IndexError:
+            return None
+
+    def close_one_idle(self) -> bool:
+        """Close the longest-idle connection (a server budget asks); False if none is idle."""
+        with self._lock:
+            if not self._idle:
+                return False
+            slot = self._idle.popleft()
+            self._size -= 1
+            self._counts["stolen"] += 1
+        self._close_slot(slot)
+        self._freed(1)
+        return True
 
     def __enter__(self) -> PooledPg:
         return self

@@ -15,16 +15,29 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-from .config import Settings, load_settings
+from .budget import ServerBudget
+from .config import PoolSettings, Settings, TenantSettings, load_settings
 from .errors import PoolClosedError, UnknownPoolError
-from .maintenance import Maintenance
+from .maintenance import Maintenance, Task
 from .pool import PooledPg, PooledPgConnection, PoolStats
+from .tenants import TenantPools
 
-__all__ = ["Registry", "ReloadResult", "default_registry"]
+__all__ = ["Registry", "RegistryStats", "ReloadResult", "default_registry"]
 
 _log = logging.getLogger("pgregistry.registry")
+
+
+class RegistryStats(TypedDict):
+    """What :meth:`Registry.stats` returns."""
+
+    #: Each built pool's stats, by pool name.
+    pools: dict[str, PoolStats]
+    #: Each tenant template's pools' stats, by template name, then tenant key.
+    tenants: dict[str, dict[str, PoolStats]]
+    #: Each server budget: used, max_connections, peak, steals, waits, timeouts, pools.
+    servers: dict[str, dict[str, int | str]]
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,10 @@ class Registry:
         self._pools: dict[str | None, PooledPg] = {}
         self._lock = threading.Lock()  # guards _pools swaps, _build_locks, _settings
         self._build_locks: dict[str, threading.Lock] = {}
+        # Tenant templates in use, by name; replaced, never mutated, like _pools.
+        self._tenants: dict[str, TenantPools] = {}
+        # Server budgets by server name; kept across reloads (they count open connections).
+        self._budgets: dict[str, ServerBudget] = {}
         self._maintenance = Maintenance("pgregistry-maintenance")
         self._closed = False
 
@@ -95,20 +112,37 @@ class Registry:
         """The configured pool names, sorted."""
         return sorted(self.settings.pools)
 
-    def get(self, name: str | None = None) -> PooledPg:
+    def get(self, name: str | None = None, tenant: str | None = None) -> PooledPg:
         """The pool called ``name`` (the default pool if None), built on first use.
 
-        Raises :class:`~pgregistry.UnknownPoolError` listing the configured names, and
+        With ``tenant``, ``name`` is a tenant template and the pool is that tenant's (see
+        :class:`~pgregistry.tenants.TenantPools`). Raises
+        :class:`~pgregistry.UnknownPoolError` listing the configured names,
+        :class:`~pgregistry.InvalidTenantError` for a bad tenant key, and
         :class:`~pgregistry.PoolClosedError` after :meth:`close`.
         """
+        if tenant is None:
+            try:
+                return self._pools[name]
+            except KeyError:
+                return self._build(name)
         try:
-            return self._pools[name]
+            group = self._tenants[name]  # type: ignore[index]
         except KeyError:
-            return self._build(name)
+            group = self._tenant_group(name)
+        return group.get(tenant)
 
-    def connection(self, name: str | None = None) -> PooledPgConnection:
+    def connection(self, name: str | None = None, tenant: str | None = None) -> PooledPgConnection:
         """Check out a connection from the pool called ``name`` (see :meth:`get`)."""
-        return self.get(name).connection()
+        if tenant is None:
+            return self.get(name).connection()
+        try:
+            return self.get(name, tenant).connection()
+        except PoolClosedError:
+            # The tenant pool was closed (idle or to make room) between lookup and checkout.
+            if self._closed:
+                raise
+            return self.get(name, tenant).connection()
 
     def _resolve(self, name: str | None, settings: Settings) -> str:
         if name is None:
@@ -120,10 +154,76 @@ class Registry:
                 )
             name = default
         if name not in settings.pools:
+            if name in settings.tenants:
+                raise UnknownPoolError(
+                    f"{name!r} is a tenant template: pass the tenant key, get({name!r}, tenant=...)"
+                )
             raise UnknownPoolError(
                 f"unknown pool {name!r}; configured pools: {_listing(settings.pools)}"
+                + _templates(settings)
             )
         return name
+
+    def _tenant_group(self, name: str | None) -> TenantPools:
+        settings = self.settings
+        if name not in settings.tenants:
+            if name in settings.pools:
+                raise UnknownPoolError(f"pool {name!r} is not a tenant template; drop tenant=")
+            raise UnknownPoolError(
+                f"unknown tenant template {name!r}; configured templates: "
+                f"{_listing(settings.tenants)}"
+            )
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("the registry is closed")
+            group = self._tenants.get(name)
+            if group is None:
+                template = settings.tenants[name]
+                group = TenantPools(template, self._tenant_factory(settings, template))
+                self._tenants = {**self._tenants, name: group}
+                interval = template.idle_pool_timeout
+                if interval is not None:
+                    self._maintenance.add(
+                        Task(
+                            group,
+                            TenantPools.evict_idle,
+                            min(max(interval / 2, 0.01), 1.0),
+                            f"idle eviction of tenant template {name!r}",
+                        )
+                    )
+        return group
+
+    def _tenant_factory(
+        self, settings: Settings, template: TenantSettings
+    ) -> Callable[[PoolSettings, str], PooledPg]:
+        def make_pool(pool_settings: PoolSettings, key: str) -> PooledPg:
+            return self._new_pool(settings, pool_settings, name=f"{template.name}.{key}")
+
+        return make_pool
+
+    def _new_pool(
+        self, settings: Settings, pool_settings: PoolSettings, name: str | None = None
+    ) -> PooledPg:
+        kwargs: dict[str, Any] = pool_settings.pool_kwargs()
+        if name is not None:
+            kwargs["name"] = name
+        return PooledPg(
+            maintenance=self._maintenance,
+            budget=self._budget(settings, pool_settings),
+            **kwargs,
+        )
+
+    def _budget(self, settings: Settings, pool_settings: PoolSettings) -> ServerBudget | None:
+        server = settings.server_of(pool_settings)
+        if server is None:
+            return None
+        limit = settings.servers[server].max_connections
+        with self._lock:
+            budget = self._budgets.get(server)
+            if budget is None:
+                budget = self._budgets[server] = ServerBudget(server, limit)
+            budget.max_connections = limit
+        return budget
 
     def _build(self, name: str | None) -> PooledPg:
         settings = self.settings
@@ -135,8 +235,7 @@ class Registry:
         with lock:  # one builder per pool; the others wait here, then find it built
             pool = self._pools.get(real)
             if pool is None:
-                kwargs: dict[str, Any] = settings.pools[real].pool_kwargs()
-                pool = PooledPg(maintenance=self._maintenance, **kwargs)
+                pool = self._new_pool(settings, settings.pools[real])
                 with self._lock:
                     # Closed or reloaded while building: never publish a stale pool.
                     published = not self._closed and self._settings is settings
@@ -177,7 +276,7 @@ class Registry:
                 sorted(
                     n
                     for n in set(settings.pools) & set(old_conf)
-                    if settings.pools[n].pool_kwargs() != old_conf[n].pool_kwargs()
+                    if settings.pools[n] != old_conf[n]
                 )
             )
             unchanged = tuple(sorted(set(settings.pools) & set(old_conf) - set(changed)))
@@ -188,10 +287,23 @@ class Registry:
             if new_default in keep:
                 keep[None] = keep[new_default]
             retired = [p for n, p in old_pools.items() if n is not None and n not in keep]
+            old_templates = old_settings.tenants if old_settings is not None else {}
+            kept_groups = {
+                n: g
+                for n, g in self._tenants.items()
+                if n in settings.tenants and settings.tenants[n] == old_templates.get(n)
+            }
+            retired_groups = [g for n, g in self._tenants.items() if n not in kept_groups]
+            for server, budget in self._budgets.items():
+                if server in settings.servers:
+                    budget.max_connections = settings.servers[server].max_connections
             self._settings = settings
             self._pools = keep
+            self._tenants = kept_groups
         for pool in retired:
             pool.close()
+        for group in retired_groups:
+            group.close()
         result = ReloadResult(added, changed, removed, unchanged)
         _log.info(
             "configuration reloaded: added %s, changed %s, removed %s",
@@ -207,8 +319,11 @@ class Registry:
             self._closed = True
             pools = {id(p): p for p in self._pools.values()}
             self._pools = {}
+            groups, self._tenants = list(self._tenants.values()), {}
         for pool in pools.values():
             pool.close()
+        for group in groups:
+            group.close()
         self._maintenance.stop()
 
     @property
@@ -216,9 +331,15 @@ class Registry:
         """True after :meth:`close`."""
         return self._closed
 
-    def stats(self) -> dict[str, PoolStats]:
-        """Every built pool's :meth:`~pgregistry.PooledPg.stats`, by name."""
-        return {n: p.stats() for n, p in sorted(self._pools.items(), key=_key) if n is not None}
+    def stats(self) -> RegistryStats:
+        """Stats of every built pool, of every tenant pool by template, and of every budget."""
+        return {
+            "pools": {
+                n: p.stats() for n, p in sorted(self._pools.items(), key=_key) if n is not None
+            },
+            "tenants": {n: g.stats() for n, g in sorted(self._tenants.items())},
+            "servers": {n: b.stats() for n, b in sorted(self._budgets.items())},
+        }
 
     def __enter__(self) -> Registry:
         return self
@@ -237,6 +358,12 @@ def _key(item: tuple[str | None, PooledPg]) -> str:
 
 def _listing(names: Mapping[str, object]) -> str:
     return ", ".join(sorted(names)) or "(none)"
+
+
+def _templates(settings: Settings) -> str:
+    if not settings.tenants:
+        return ""
+    return f"; tenant templates (use tenant=): {_listing(settings.tenants)}"
 
 
 #: The process-wide registry behind ``pgregistry.registry``, ``pgregistry.get()`` and

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import re
+import select
 import socket
 import sys
 import threading
@@ -239,6 +240,29 @@ class SteadyPgConnection(_DBAPI):
         elif self._transaction or self._server_in_transaction():
             self.rollback()
 
+    def close_and_wait(self, timeout: float) -> None:
+        """Close, then wait up to ``timeout`` seconds until the server has ended the backend.
+
+        libpq's close sends the server a goodbye and returns at once; the backend lingers in
+        ``pg_stat_activity`` and counts against ``max_connections`` until it has exited. The
+        server closes its end of the socket only after that, so waiting for end-of-file on a
+        duplicate of the socket tells when the connection is really gone.
+        """
+        cnx = self._cnx
+        fd = -1
+        if cnx is not None and cnx.status:
+            with contextlib.suppress(Exception):
+                fd = os.dup(cnx.socket)
+        try:
+            self._closeable, closeable = True, self._closeable
+            try:
+                self.close()
+            finally:
+                self._closeable = closeable
+        finally:
+            if fd >= 0:
+                _wait_for_eof(fd, timeout)
+
     def reopen(self) -> None:
         """Close the connection and open a new one (``setsession`` replayed, usage reset)."""
         self._open_new()
@@ -337,7 +361,8 @@ class SteadyPgConnection(_DBAPI):
             self._transaction = True
             if ends is not None:
                 return self._end_lost_transaction(ends, exc)
-            raise _lost_error(exc, "inside a transaction; end it with rollback()")
+            # from None: PyGreSQL's LookupError is plumbing, not a cause worth showing.
+            raise _lost_error(exc, "inside a transaction; end it with rollback()") from None
         self._reopen_after_loss()
         if ends == "rollback":
             return None  # nothing to roll back on the new connection
@@ -370,7 +395,7 @@ class SteadyPgConnection(_DBAPI):
             except ServerUnavailableError as down:
                 self.logger.warning("connection lost in a transaction; reopen failed: %s", down)
             return None
-        raise _lost_error(exc, "before the transaction was committed; it was rolled back")
+        raise _lost_error(exc, "before the transaction was committed; it was rolled back") from None
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -454,6 +479,24 @@ def _lost_error(exc: Exception, where: str) -> Exception:
     if isinstance(exc, pg.Error):
         return exc
     return ConnectionLostError(f"connection to the server lost {where}")
+
+
+def _wait_for_eof(fd: int, timeout: float) -> None:
+    """Read and drop what ``fd`` still receives until end-of-file or ``timeout``; close it."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select.select: that fails for descriptors above 1023
+    poller.register(fd, select.POLLIN)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if not poller.poll(remaining * 1000) or not os.read(fd, 65536):
+                return
+    except OSError:
+        return
+    finally:
+        os.close(fd)
 
 
 def _close_quietly(db: pg.DB) -> None:

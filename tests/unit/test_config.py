@@ -94,6 +94,7 @@ KEY_TABLE: dict[str, Key] = {
     "ping": Key('"always"', "always", PingPolicy.ALWAYS),
     "ping_after": Key("5", "5", 5.0),
     "leak_threshold": Key("12.5", "12.5", 12.5),
+    "server": Key('"main"', "main", "main"),  # needs [servers.main]: see _SERVER_TABLE
     # connection target
     "host": Key('"db.example.com"', "db.example.com", "db.example.com", "db.example.com"),
     "hostaddr": Key('"10.0.0.1"', "10.0.0.1", "10.0.0.1", "10.0.0.1"),
@@ -181,10 +182,14 @@ def _check_key(pool: PoolSettings | None, key: str, spec: Key) -> None:
         assert parse_conninfo(pool.pool_kwargs()["dbname"])[key] == spec.libpq
 
 
+# The server a pool's "server" key names must be declared.
+_SERVER_TABLE = "[servers.main]\nmax_connections = 10\n"
+
+
 @pytest.mark.parametrize("key", sorted(KEY_TABLE))
 def test_key_from_toml(key: str, tmp_path: Path) -> None:
     spec = KEY_TABLE[key]
-    path = write(tmp_path / "pgpools.toml", f"[pools.p]\n{key} = {spec.toml}\n")
+    path = write(tmp_path / "pgpools.toml", f"[pools.p]\n{key} = {spec.toml}\n{_SERVER_TABLE}")
     settings = load_settings(path)
     _check_key(_the_pool(settings, key), key, spec)
 
@@ -193,6 +198,7 @@ def test_key_from_toml(key: str, tmp_path: Path) -> None:
 def test_key_from_env(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = KEY_TABLE[key]
     monkeypatch.setenv(f"PGPOOLS__POOLS__P__{key.upper()}", spec.env)
+    monkeypatch.setenv("PGPOOLS__SERVERS__MAIN__MAX_CONNECTIONS", "10")
     settings = load_settings()
     _check_key(_the_pool(settings, key), key, spec)
 
@@ -200,7 +206,8 @@ def test_key_from_env(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("key", sorted(KEY_TABLE))
 def test_key_in_defaults(key: str, tmp_path: Path) -> None:
     spec = KEY_TABLE[key]
-    path = write(tmp_path / "pgpools.toml", f"[defaults]\n{key} = {spec.toml}\n[pools.p]\n")
+    text = f"[defaults]\n{key} = {spec.toml}\n[pools.p]\n{_SERVER_TABLE}"
+    path = write(tmp_path / "pgpools.toml", text)
     _check_key(_the_pool(load_settings(path), key), key, spec)
 
 
@@ -810,12 +817,19 @@ def test_password_change_is_a_change(tmp_path: Path) -> None:
 def test_any_option_change_is_a_change() -> None:
     base = settings_from_mapping({"pools": {"a": {"host": "h"}}}).pools["a"]
     for key, spec in KEY_TABLE.items():
-        if key in ("enabled", "conninfo"):
+        if key in ("enabled", "conninfo", "server"):  # server: see the test below
             continue
         value = plain(spec.value)
         value = value.value if isinstance(value, ResetPolicy | PingPolicy) else value
         changed = settings_from_mapping({"pools": {"a": {"host": "h", key: value}}}).pools["a"]
         assert changed != base and changed.fingerprint() != base.fingerprint(), key
+
+
+def test_server_change_is_a_change() -> None:
+    servers = {"main": {"max_connections": 5}, "other": {"max_connections": 5}}
+    one = settings_from_mapping({"pools": {"a": {"server": "main"}}, "servers": servers})
+    two = settings_from_mapping({"pools": {"a": {"server": "other"}}, "servers": servers})
+    assert one.pools["a"] != two.pools["a"]
 
 
 def test_pool_kwargs_match_pooledpg() -> None:
