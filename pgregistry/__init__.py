@@ -65,5 +65,6 @@ def connection(name: str | None = None) -> PooledPgConnection:
     """A connection from the pool ``name`` of the process-wide registry."""
     return registry.connection(name)
 
+
 # Libraries log; applications decide where the records go.
 logging.getLogger("pgregistry").addHandler(logging.NullHandler())

@@ -68,9 +68,10 @@ class ServerBudget:
     def acquire(self, pool: BudgetMember, timeout: float | None, *, steal: bool = True) -> None:
         """Take one unit for a new connection of ``pool``.
 
-        When full, makes another member close its longest-idle connection (unless ``steal`` is
-        false); else waits up to ``timeout`` seconds (None: forever) and raises
-        :class:`PoolTimeoutError` naming the budget. Never called with a pool lock held.
+        When full, makes another member close its longest-idle connection, or else ``pool``
+        itself (unless ``steal`` is false); else waits up to ``timeout`` seconds (None:
+        forever) and raises :class:`PoolTimeoutError` naming the budget. Never called with a
+        pool lock held.
         """
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
@@ -82,7 +83,10 @@ class ServerBudget:
                     self._peak = max(self._peak, self._used)
                     return
                 victims = [m for m in self._members if m is not pool]
-            if steal and self._steal(victims):
+            # Another pool's idle connection first; else one of the caller's own pool, which went
+            # idle after its checkout found none (the caller waits here, not in its pool, so it
+            # would otherwise time out beside an idle connection of its own).
+            if steal and (self._steal(victims) or self._steal([pool])):
                 continue
             with self._cond:
                 if self._used < self.max_connections:

@@ -588,11 +588,90 @@ TENANT_LITERAL = "{tenant_literal}"
 #: Template fields where ``{tenant}`` may appear (``{tenant_literal}`` only in SQL).
 PLACEHOLDER_FIELDS = ("dbname", "user", "options", "application_name", "setsession", "search_path")
 _PLACEHOLDER = re.compile(r"\{tenant(?:_literal)?\}")
-# In SQL, {tenant} becomes a quoted identifier and must stand alone as one.
-_SQL_PLACEHOLDER_ALONE = re.compile(r"(?<![\w\"$'])\{tenant(?:_literal)?\}(?![\w\"$'])")
+# In SQL, {tenant} becomes a quoted identifier and must stand alone as one (next to another
+# placeholder, two quoted tokens would run together).
+_SQL_PLACEHOLDER_ALONE = re.compile(r"(?<![\w\"$'}])\{tenant(?:_literal)?\}(?![\w\"$'{])")
+_DOLLAR_TAG = re.compile(r"\$(?:[^\W\d$][\w]*)?\$")
+
+
+def _quoted_spans(sql: str, backslash_escapes: bool) -> list[tuple[int, int]]:
+    """Where ``sql`` has string literals, quoted identifiers, dollar quotes and comments.
+
+    A placeholder inside one would be substituted into the middle of it, where the quoting of
+    the key no longer protects anything. ``backslash_escapes``: read plain '...' strings as
+    with standard_conforming_strings off (E'...' strings always are). An unterminated one runs
+    to the end.
+    """
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char, start = sql[i], i
+        before = sql[i - 1] if i else " "
+        if char == "'":
+            escapes = backslash_escapes or (
+                before in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] in "_$"))
+            )
+            i += 1
+            while i < n:
+                if escapes and sql[i] == "\\":
+                    i += 2
+                elif sql[i] == "'":
+                    if sql[i + 1 : i + 2] == "'":
+                        i += 2
+                    else:
+                        break
+                else:
+                    i += 1
+        elif char == '"':
+            i += 1
+            while i < n and not (sql[i] == '"' and sql[i + 1 : i + 2] != '"'):
+                i += 2 if sql[i] == '"' else 1
+        elif char == "$" and not (before.isalnum() or before in "_$"):
+            tag = _DOLLAR_TAG.match(sql, i)
+            if tag is None:
+                i += 1
+                continue
+            end = sql.find(tag.group(), tag.end())
+            i = n if end < 0 else end + len(tag.group()) - 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            i -= 1
+        else:
+            i += 1
+            continue
+        spans.append((start, min(i, n - 1)))
+        i += 1
+    return spans
+
+
+def _placeholders_stand_alone(statement: str) -> bool:
+    """Every placeholder in ``statement`` is a token of its own, outside quotes and comments
+    (read both with and without standard_conforming_strings)."""
+    found = [m.start() for m in _PLACEHOLDER.finditer(statement)]
+    if not found:
+        return True
+    if len(found) != len(_SQL_PLACEHOLDER_ALONE.findall(statement)):
+        return False
+    for escapes in (False, True):
+        spans = _quoted_spans(statement, escapes)
+        if any(a <= pos <= b for pos in found for a, b in spans):
+            return False
+    return True
 
 
 def _pattern(value: object) -> object:
+    if value == "":
+        raise _fail("tenant_pattern", "must not be empty")
     if isinstance(value, str):
         try:
             re.compile(value)
@@ -602,6 +681,8 @@ def _pattern(value: object) -> object:
 
 
 def _schemas(value: object) -> object:
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        return _statements(value)  # a JSON list, as environment variables give lists
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
@@ -637,31 +718,37 @@ class TenantSettings(PoolSettings):
     )
 
     @model_validator(mode="after")
-    def _placeholders_where_allowed(self) -> TenantSettings:
+    def _placeholders_where_allowed(self, info: ValidationInfo) -> TenantSettings:
+        problems: list[tuple[str, str]] = []
         for key in type(self).model_fields:
             if key in PLACEHOLDER_FIELDS or key in ("name", "tenant_pattern", "overrides"):
                 continue
             value = getattr(self, key)
             text = value.get_secret_value() if isinstance(value, SecretStr) else value
             if isinstance(text, str) and _PLACEHOLDER.search(text):
-                raise _fail(
-                    "placeholder",
-                    f"{key}: {{tenant}} is allowed only in {', '.join(PLACEHOLDER_FIELDS)}",
+                problems.append(
+                    (key, f"{{tenant}} is allowed only in {', '.join(PLACEHOLDER_FIELDS)}")
                 )
         for key in ("dbname", "user", "options", "application_name"):
             text = getattr(self, key)
             if isinstance(text, str) and TENANT_LITERAL in text:
-                raise _fail("placeholder", f"{key}: use {{tenant}}; {{tenant_literal}} is for SQL")
+                problems.append((key, "use {tenant}; {tenant_literal} is for SQL"))
         for index, statement in enumerate(self.setsession):
-            if len(_PLACEHOLDER.findall(statement)) != len(
-                _SQL_PLACEHOLDER_ALONE.findall(statement)
-            ):
-                raise _fail(
-                    "placeholder",
-                    f"setsession[{index}]: {{tenant}} must stand alone (it becomes a quoted "
-                    "identifier; {tenant_literal} a quoted string); use search_path for "
-                    "schema names built from the key",
+            if not _placeholders_stand_alone(statement):
+                problems.append(
+                    (
+                        f"setsession[{index}]",
+                        "{tenant} must stand alone, outside quotes and comments (it becomes a "
+                        "quoted identifier; {tenant_literal} a quoted string); use search_path "
+                        "for schema names built from the key",
+                    )
                 )
+        context = info.context if isinstance(info.context, dict) else {}
+        sink = context.get("problems")
+        if problems and isinstance(sink, list):
+            sink.extend(problems)  # the loader reports them with paths and sources
+        elif problems:
+            raise _fail("placeholder", "; ".join(f"{key}: {msg}" for key, msg in problems))
         return self
 
     def check_tenant(self, key: object) -> str:
@@ -696,6 +783,9 @@ class TenantSettings(PoolSettings):
         """
         self.check_tenant(key)
         data = {name: getattr(self, name) for name in PoolSettings.model_fields}
+        # Overrides first: their values get the same substitution, and an overridden
+        # setsession still runs after the search_path (the tenant's isolation).
+        data.update(self.overrides.get(key, {}))
         for name in ("dbname", "user", "application_name"):
             if isinstance(data[name], str):
                 data[name] = data[name].replace(TENANT, key)
@@ -705,13 +795,14 @@ class TenantSettings(PoolSettings):
         if self.search_path:
             schemas = ", ".join(quote_ident(s.replace(TENANT, key)) for s in self.search_path)
             statements.append(f"SET search_path TO {schemas}")
-        for statement in self.setsession:
-            statement = statement.replace(TENANT_LITERAL, quote_literal(key))
-            statements.append(statement.replace(TENANT, quote_ident(key)))
+        ident, literal = quote_ident(key), quote_literal(key)
+
+        def quoted(match: re.Match[str]) -> str:
+            return literal if match.group() == TENANT_LITERAL else ident
+
+        # One pass: a key that itself holds "{tenant}" is never substituted again.
+        statements += [_PLACEHOLDER.sub(quoted, statement) for statement in data["setsession"]]
         data["setsession"] = tuple(statements)
-        override = self.overrides.get(key)
-        if override:
-            data.update(override)
         return PoolSettings.model_construct(**data)
 
     def describe(self) -> dict[str, Any]:
@@ -1178,6 +1269,12 @@ def _build_overrides(
             report_errors(exc, where, None)
             ok = False
             continue
+        if not sink:
+            # The template's placeholder rules hold for the override's values too.
+            with contextlib.suppress(ValidationError):  # its other checks passed above
+                TenantSettings.model_validate(
+                    {**merged, **layer, "name": template.name}, context={"problems": sink}
+                )
         for k, msg in sink:
             report((*where, k), msg)
         if sink or alias_problems:

@@ -64,6 +64,8 @@ _BACKEND_EXIT_WAIT = 1.0
 _UPKEEP_MIN, _UPKEEP_MAX = 0.01, 1.0
 
 _pool_numbers = itertools.count(1)
+_monotonic = time.monotonic
+_new_proxy = object.__new__
 _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
 
 
@@ -115,7 +117,6 @@ class PoolStats(TypedDict):
 
 
 _COUNTERS = (
-    "checkouts",
     "waits",
     "timeouts",
     "refused",
@@ -319,7 +320,15 @@ class PooledPg:
         self._budget = budget
         self._generation = 0
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._checkouts = 0  # a counter of its own: it is on the fast path
         self._wait_ns = 0
+        # Checkout pings a connection idle longer than this (inf: never, -1: always).
+        self._ping_window = {
+            PingPolicy.NEVER: float("inf"),
+            PingPolicy.ALWAYS: -1.0,
+            PingPolicy.IDLE: self._ping_after,
+        }[self._ping]
+        self._rollback_if_needed = self._reset is ResetPolicy.ROLLBACK_IF_NEEDED
 
         self._own_maintenance = maintenance is None
         self._maintenance = maintenance
@@ -427,33 +436,37 @@ class PooledPg:
         ``maxconnections`` and not blocking), :class:`PoolTimeoutError` (waited ``timeout``),
         or :class:`~pgregistry.ServerUnavailableError` (a needed new connection failed).
         """
-        return PooledPgConnection(self, self._checkout())
-
-    def _checkout(self) -> _Slot:
+        # The fast path (an idle connection that needs no check) is kept flat on purpose: it
+        # is what every request pays.
         with self._lock:
-            if self._closed:
-                raise PoolClosedError(f"pool {self.name!r} is closed")
-            if self._idle:
+            if self._idle and not self._closed:
                 slot = self._idle.pop()
-                self._counts["checkouts"] += 1
+                self._checkouts += 1
             else:
                 slot = None
         if slot is None:
-            return self._checkout_slow()
-        now = time.monotonic()
-        ping = self._ping
+            slot = self._checkout_slow()
+        else:
+            now = _monotonic()
+            if now >= slot.expires_at or now - slot.since > self._ping_window:
+                slot = self._refresh(slot, now)
+            slot.since = now
+            if self._leak_threshold:
+                self._track(slot)
+        proxy = _new_proxy(PooledPgConnection)
+        proxy._pool = self
+        proxy._slot = slot
+        proxy._con = slot.conn
+        proxy._result = None
+        return proxy
+
+    def _refresh(self, slot: _Slot, now: float) -> _Slot:
+        """Replace an idle connection that expired, or that fails its due ping."""
         if now >= slot.expires_at:
-            slot = self._replace(slot, "expired")
-        elif (
-            ping is not PingPolicy.NEVER
-            and (ping is PingPolicy.ALWAYS or now - slot.since > self._ping_after)
-            and not slot.conn.ping()
-        ):
+            return self._replace(slot, "expired")
+        if not slot.conn.ping():
             self.logger.warning("pool %r: idle connection failed its ping", self.name)
-            slot = self._replace(slot, "ping_failed")
-        slot.since = now
-        if self._leak_threshold:
-            self._track(slot)
+            return self._replace(slot, "ping_failed")
         return slot
 
     def _checkout_slow(self) -> _Slot:
@@ -481,8 +494,8 @@ class PooledPg:
         slot = self._open_for_checkout() if got is _OPEN else got
         assert isinstance(slot, _Slot)
         with self._lock:
-            self._counts["checkouts"] += 1
-        slot.since = time.monotonic()
+            self._checkouts += 1
+        slot.since = _monotonic()
         if self._leak_threshold:
             self._track(slot)
         return slot
@@ -590,8 +603,16 @@ class PooledPg:
 
     def _checkin(self, slot: _Slot, *, fresh: bool = False) -> None:
         """Reset a returned connection, then hand it to a waiter, pool it, or close it."""
-        keep = fresh or (not self._closed and self._reset_on_return(slot))
-        now = time.monotonic()
+        cnx = slot.conn._cnx
+        if fresh:
+            keep = True
+        elif self._rollback_if_needed and cnx is not None and cnx.transaction() == _TRANS_IDLE:
+            # The default policy on an idle, healthy connection: nothing to send.
+            slot.conn._transaction = False
+            keep = not self._closed
+        else:
+            keep = not self._closed and self._reset_on_return(slot)
+        now = _monotonic()
         if keep and now >= slot.expires_at:
             keep = False
             with self._lock:
@@ -851,7 +872,7 @@ class PooledPg:
         with self._lock:
             idle = len(self._idle)
             open_now = self._size - self._opening
-            counts = dict(self._counts)
+            counts = dict(self._counts, checkouts=self._checkouts)
             waiting = len(self._waiters)
             wait_ms = self._wait_ns / 1e6
         stats: PoolStats = {
@@ -887,6 +908,7 @@ class PooledPg:
         self._size = 0
         self._opening = 0
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._checkouts = 0
         self._wait_ns = 0
         self._restart_upkeep = self._upkeep is not None and not self._closed
 
@@ -916,13 +938,13 @@ class PooledPgConnection(_DBAPI):
 
     __slots__ = ("__weakref__", "_con", "_pool", "_result", "_slot")
 
-    def __init__(self, pool: PooledPg, slot: _Slot) -> None:
-        self._pool = pool
-        self._slot: _Slot | None = slot
-        self._con: SteadyPgConnection | None = slot.conn
-        #: The last query result, whose column types are looked up before the connection
-        #: goes back (see _prime_types).
-        self._result: object = None
+    # Made by PooledPg.connection() without __init__ (one call less on the hot path).
+    _pool: PooledPg
+    _slot: _Slot | None
+    _con: SteadyPgConnection | None
+    #: The last query result, whose column types are looked up before the connection goes
+    #: back (see _prime_types).
+    _result: object
 
     def close(self) -> None:
         """Return the connection to the pool (once; later calls do nothing)."""
@@ -940,9 +962,10 @@ class PooledPgConnection(_DBAPI):
         con = self._con
         if con is not None:
             con.reopen()
-        else:
-            slot = self._pool._checkout()
-            self._slot, self._con = slot, slot.conn
+            return
+        fresh = self._pool.connection()
+        self._slot, self._con = fresh._slot, fresh._con
+        fresh._slot = fresh._con = None
 
     @property
     def steady(self) -> SteadyPgConnection:
@@ -984,8 +1007,12 @@ class PooledPgConnection(_DBAPI):
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
+        # Not contextlib.suppress: this runs for every checkout, and try costs nothing.
+        if self._slot is not None:
+            try:  # noqa: SIM105
+                self.close()
+            except Exception:
+                pass
 
     def __repr__(self) -> str:
         state = "returned" if self._con is None else "checked out"

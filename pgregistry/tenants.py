@@ -40,6 +40,16 @@ class _Entry:
         self.used = time.monotonic()  # last lookup, for LRU and idle eviction
 
 
+class _Building:
+    """The lock the builders of one tenant key share, and how many hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+
 class TenantPools:
     """The pools of one tenant template, keyed by tenant key.
 
@@ -54,7 +64,10 @@ class TenantPools:
         # Written under _lock, read without it (a dict lookup is atomic).
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._building: dict[str, threading.Lock] = {}
+        # Keys being built now; an entry lives while anyone holds or waits for its lock, so
+        # concurrent builders share one lock and failed builds leave nothing behind (keys
+        # are untrusted: a dict growing per failed key would be a leak anyone could drive).
+        self._building: dict[str, _Building] = {}
         self._reserved = 0  # places taken by pools being built
         self._evicted = 0
         self._closed = False
@@ -66,7 +79,10 @@ class TenantPools:
         template, before any connection is made, and :class:`~pgregistry.PoolTimeoutError`
         when ``max_pools`` pools exist and all are busy for the template's ``timeout``.
         """
-        entry = self._entries.get(key)
+        try:
+            entry = self._entries.get(key)
+        except TypeError:  # an unhashable key (a list from a JSON body): check_tenant says so
+            entry = None
         if entry is not None:
             entry.used = time.monotonic()
             return entry.pool
@@ -77,28 +93,39 @@ class TenantPools:
         with self._lock:
             if self._closed:
                 raise PoolClosedError(f"tenant template {self.name!r} is closed")
-            lock = self._building.setdefault(key, threading.Lock())
-        with lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                return entry.pool
-            self._reserve()
-            try:
-                pool = self._make_pool(self.template.for_tenant(key), key)
-            except BaseException:
-                with self._lock:
-                    self._reserved -= 1
-                raise
+            building = self._building.get(key)
+            if building is None:
+                building = self._building[key] = _Building()
+            building.users += 1
+        try:
+            with building.lock:
+                return self._build_locked(key)
+        finally:
+            with self._lock:
+                building.users -= 1
+                if not building.users:
+                    del self._building[key]
+
+    def _build_locked(self, key: str) -> PooledPg:
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry.pool
+        self._reserve()
+        try:
+            pool = self._make_pool(self.template.for_tenant(key), key)
+        except BaseException:
             with self._lock:
                 self._reserved -= 1
-                closed = self._closed
-                if not closed:
-                    self._entries[key] = _Entry(pool)
-                self._building.pop(key, None)
-            if closed:
-                pool.close()
-                raise PoolClosedError(f"tenant template {self.name!r} is closed")
-            return pool
+            raise
+        with self._lock:
+            self._reserved -= 1
+            closed = self._closed
+            if not closed:
+                self._entries[key] = _Entry(pool)
+        if closed:
+            pool.close()
+            raise PoolClosedError(f"tenant template {self.name!r} is closed")
+        return pool
 
     def _reserve(self) -> None:
         """Take a place among ``max_pools``, closing the least recently used idle pool."""
