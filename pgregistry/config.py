@@ -1126,20 +1126,10 @@ def _build(raw: RawConfig) -> Settings:
         report(("defaults", key), msg)
 
     pools_raw = data.get("pools", {})
-    if not isinstance(pools_raw, Mapping):
-        report(("pools",), "must be a table of pools")
-        pools_raw = {}
+    pools_raw = pools_raw if isinstance(pools_raw, Mapping) else {}
     pools: dict[str, PoolSettings] = {}
     disabled: list[str] = []
-    for name, layer_raw in pools_raw.items():
-        base = ("pools", str(name))
-        name_problem = check_pool_name(name)
-        if name_problem:
-            report(base, name_problem)
-            continue
-        if not isinstance(layer_raw, Mapping):
-            report(base, "must be a table of pool settings" + _got(layer_raw))
-            continue
+    for name, base, layer_raw in _named_tables(data, "pools", "pool", report):
         layer, alias_problems = _normalize(layer_raw)
         for key, msg in alias_problems:
             report((*base, key), msg)
@@ -1184,6 +1174,25 @@ def _build(raw: RawConfig) -> Settings:
     )
 
 
+def _named_tables(
+    data: Mapping[str, Any], section: str, what: str, report: _Report
+) -> Iterator[tuple[str, tuple[str, str], Mapping[str, Any]]]:
+    """The ``[SECTION.NAME]`` tables with a valid name, reporting the others."""
+    tables = data.get(section, {})
+    if not isinstance(tables, Mapping):
+        report((section,), f"must be a table of {what}s")
+        return
+    for name, table in tables.items():
+        base = (section, str(name))
+        problem = check_pool_name(name)
+        if problem:
+            report(base, problem.replace("pool name", f"{what} name"))
+        elif not isinstance(table, Mapping):
+            report(base, f"must be a table of {what} settings" + _got(table))
+        else:
+            yield str(name), base, table
+
+
 def _build_tenants(
     data: Mapping[str, Any],
     defaults: Mapping[str, Any],
@@ -1192,22 +1201,10 @@ def _build_tenants(
     report_errors: _ReportErrors,
 ) -> dict[str, TenantSettings]:
     """Validate the ``[tenants.NAME]`` templates and their per-tenant overrides."""
-    tenants_raw = data.get("tenants", {})
-    if not isinstance(tenants_raw, Mapping):
-        report(("tenants",), "must be a table of tenant templates")
-        return {}
     tenants: dict[str, TenantSettings] = {}
-    for name, layer_raw in tenants_raw.items():
-        base = ("tenants", str(name))
-        problem = check_pool_name(name)
-        if problem:
-            report(base, problem.replace("pool name", "template name"))
-            continue
+    for name, base, layer_raw in _named_tables(data, "tenants", "template", report):
         if name in pools_raw:
             report(base, f"a pool is also named {name!r}; pools and templates share names")
-            continue
-        if not isinstance(layer_raw, Mapping):
-            report(base, "must be a table of pool settings" + _got(layer_raw))
             continue
         layer, alias_problems = _normalize(layer_raw)
         for key, msg in alias_problems:
@@ -1287,20 +1284,8 @@ def _build_overrides(
 def _build_servers(
     data: Mapping[str, Any], report: _Report, report_errors: _ReportErrors
 ) -> dict[str, ServerSettings]:
-    servers_raw = data.get("servers", {})
-    if not isinstance(servers_raw, Mapping):
-        report(("servers",), "must be a table of servers")
-        return {}
     servers: dict[str, ServerSettings] = {}
-    for name, table in servers_raw.items():
-        base = ("servers", str(name))
-        problem = check_pool_name(name)
-        if problem:
-            report(base, problem.replace("pool name", "server name"))
-            continue
-        if not isinstance(table, Mapping):
-            report(base, "must be a table" + _got(table))
-            continue
+    for name, base, table in _named_tables(data, "servers", "server", report):
         try:
             servers[name] = ServerSettings.model_validate({**table, "name": name})
         except ValidationError as exc:

@@ -61,7 +61,9 @@ _LIFETIME_JITTER = 0.1
 # Under a server budget, how long a close waits for the server to end the backend, in seconds.
 _BACKEND_EXIT_WAIT = 1.0
 # Bounds for how often the maintenance task runs, in seconds.
-_UPKEEP_MIN, _UPKEEP_MAX = 0.01, 1.0
+_UPKEEP_MIN, _UPKEEP_MAX = 0.01, 15.0
+# How soon a pool with mincached refills after losses, in seconds.
+_REFILL_PERIOD = 1.0
 
 _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
@@ -486,7 +488,8 @@ class PooledPg:
                 self._waiters.append(waiter)
         if waiter is None and self._budget is not None:
             try:
-                self._budget.acquire(self, self._timeout)
+                # A pool that must not block does not wait for the budget either.
+                self._budget.acquire(self, self._timeout if self._blocking else 0.0)
             except BaseException:
                 self._unreserve(1)
                 raise
@@ -689,7 +692,7 @@ class PooledPg:
         if self._ping is not PingPolicy.NEVER and self._ping_after:
             periods.append(self._ping_after)
         if self._mincached:
-            periods.append(_UPKEEP_MAX)
+            periods.append(_REFILL_PERIOD * 2)
         if not periods:
             return None
         return min(max(min(periods) / 2, _UPKEEP_MIN), _UPKEEP_MAX)
@@ -823,6 +826,8 @@ class PooledPg:
         for slot in idle:
             self._close_slot(slot)
         self._freed(len(idle))
+        if self._budget is not None:
+            self._budget.leave(self)
         self._forget_upkeep()
         self.logger.info("pool %r closed", self.name)
 

@@ -50,8 +50,8 @@ _ENDS_TRANSACTION = re.compile(r"\s*(commit|end|rollback|abort)\b(?!\s+to\b)", r
 _IS_COMMIT = re.compile(r"\s*(commit|end)\b", re.IGNORECASE)
 
 # Reconnect backoff: first pause and cap, in seconds.
-_BACKOFF_START = 0.05
-_BACKOFF_CAP = 1.0
+_BACKOFF_START = 0.02
+_BACKOFF_CAP = 0.25
 
 # Every live steady connection, so that a forked child can cut itself off from the parent's
 # sockets (see _after_fork_in_child).
@@ -191,7 +191,7 @@ class SteadyPgConnection(_DBAPI):
                 # raw message: it may echo a malformed conninfo, password included.
                 raise ServerUnavailableError(message) from None
             time.sleep(min(pause, remaining))
-            pause = min(pause * 2, _BACKOFF_CAP)
+            pause = min(pause * 1.5, _BACKOFF_CAP)
 
     def replay_session(self) -> None:
         """Run ``setsession`` again on the current connection (after ``DISCARD ALL``)."""
