@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -16,13 +17,15 @@ from typing import Any, TextIO
 
 from .config import PoolSettings, Settings, load_settings
 from .conninfo import redact
-from .errors import ConfigError
+from .errors import ConfigError, UnknownPoolError
+from .registry import Registry
 from .steady import SteadyPgConnection
 
 __all__ = ["main"]
 
 _PING_ROUNDS = 3
 _SIZE_KEYS = ("mincached", "maxcached", "maxconnections", "blocking", "reset", "timeout")
+_TEMPLATE_KEYS = ("max_pools", "idle_pool_timeout", "maxconnections", "tenant_pattern")
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
@@ -35,9 +38,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except ConfigError as exc:
         print(f"pgregistry: {exc}", file=sys.stderr)
         return 2
-    if args.command == "check":
-        return _check(settings, as_json=args.json, out=out)
-    return _ping(settings, args.names, as_json=args.json, out=out)
+    try:
+        if args.command == "check":
+            return _check(settings, as_json=args.json, out=out)
+        return _ping(settings, args.names, as_json=args.json, out=out)
+    except BrokenPipeError:
+        # The reader went away (pgregistry check | head): no traceback, no flush error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,46 +76,72 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(settings: Settings, *, as_json: bool, out: TextIO) -> int:
-    pools = {name: settings.pools[name].describe() for name in sorted(settings.pools)}
     if as_json:
-        json.dump(
-            {"source": settings.source, "default": settings.default, "pools": pools},
-            out,
-            indent=2,
-            default=str,
-        )
+        json.dump(settings.describe(), out, indent=2, default=str)
         out.write("\n")
         return 0
     out.write(f"configuration: {settings.source}\n")
-    if not pools:
+    if not settings.pools and not settings.tenants:
         out.write("no pools configured\n")
-        return 0
-    rows = [["pool", "target", *_SIZE_KEYS]]
-    for name, described in pools.items():
-        marker = " (default)" if name == _default_name(settings) else ""
-        rows.append(
-            [name + marker, _target(settings.pools[name])]
-            + [_cell(described.get(key)) for key in _SIZE_KEYS]
-        )
-    _table(rows, out)
+    if settings.pools:
+        rows = [["pool", "target", *_SIZE_KEYS]]
+        for name in sorted(settings.pools):
+            pool = settings.pools[name]
+            described = pool.describe()
+            marker = " (default)" if name == _default_name(settings) else ""
+            rows.append(
+                [name + marker, _target(pool)] + [_cell(described.get(k)) for k in _SIZE_KEYS]
+            )
+        _table(rows, out)
+    if settings.tenants:
+        out.write("\ntenant templates\n")
+        rows = [["template", "target", *_TEMPLATE_KEYS, "server"]]
+        for name in sorted(settings.tenants):
+            template = settings.tenants[name]
+            described = template.describe()
+            rows.append(
+                [name, _target(template)]
+                + [_cell(described.get(k)) for k in _TEMPLATE_KEYS]
+                + [_cell(settings.server_of(template))]
+            )
+        _table(rows, out)
+    if settings.servers:
+        out.write("\nserver budgets\n")
+        members: dict[str, list[str]] = {name: [] for name in settings.servers}
+        for kind, tables in (("", settings.pools), ("template ", settings.tenants)):
+            for name in sorted(tables):
+                owner = settings.server_of(tables[name])
+                if owner in members:
+                    members[owner].append(kind + name)
+        rows = [["server", "host", "port", "max_connections", "pools"]]
+        for name in sorted(settings.servers):
+            server = settings.servers[name]
+            pools = ", ".join(members[name]) or "-"
+            rows.append(
+                [name, _cell(server.host), _cell(server.port), str(server.max_connections), pools]
+            )
+        _table(rows, out)
     return 0
 
 
 def _ping(settings: Settings, names: list[str], *, as_json: bool, out: TextIO) -> int:
     unknown = [n for n in names if n not in settings.pools]
     if unknown:
-        known = ", ".join(sorted(settings.pools)) or "(none)"
-        print(
-            f"pgregistry: unknown pool(s) {', '.join(unknown)}; configured pools: {known}",
-            file=sys.stderr,
-        )
+        # The library's own message (UnknownPoolError), one line per name; builds no pool.
+        registry = Registry(settings)
+        for name in unknown:
+            try:
+                registry.get(name)
+            except UnknownPoolError as exc:
+                print(f"pgregistry: {exc}", file=sys.stderr)
+        registry.close()
         return 2
     results = [_ping_one(settings.pools[n]) for n in (names or sorted(settings.pools))]
     if as_json:
         json.dump(results, out, indent=2)
         out.write("\n")
     else:
-        rows = [["pool", "status", "server", "latency"]]
+        rows = [["pool", "status", "server", "latency / error"]]
         for r in results:
             if r["ok"]:
                 rows.append([r["pool"], "ok", r["server_version"], f"{r['latency_ms']:.2f} ms"])

@@ -448,6 +448,8 @@ class PooledPg:
                 slot = None
         if slot is None:
             slot = self._checkout_slow()
+            if slot is None:  # a connection came back between the two locks: take it
+                return self.connection()
         else:
             now = _monotonic()
             if now >= slot.expires_at or now - slot.since > self._ping_window:
@@ -471,12 +473,18 @@ class PooledPg:
             return self._replace(slot, "ping_failed")
         return slot
 
-    def _checkout_slow(self) -> _Slot:
-        """No idle connection: open a new one within the limit, or wait for one."""
+    def _checkout_slow(self) -> _Slot | None:
+        """No idle connection: open a new one within the limit, or wait for one.
+
+        None when a connection was returned to the idle stack since the fast path looked:
+        the caller takes the fast path again rather than wait next to an idle connection.
+        """
         waiter: _Waiter | None = None
         with self._lock:
             if self._closed:
                 raise PoolClosedError(f"pool {self.name!r} is closed")
+            if self._idle:
+                return None
             if not self._maxconnections or self._size < self._maxconnections:
                 self._size += 1
                 self._opening += 1

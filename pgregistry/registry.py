@@ -134,15 +134,16 @@ class Registry:
 
     def connection(self, name: str | None = None, tenant: str | None = None) -> PooledPgConnection:
         """Check out a connection from the pool called ``name`` (see :meth:`get`)."""
-        if tenant is None:
-            return self.get(name).connection()
-        try:
-            return self.get(name, tenant).connection()
-        except PoolClosedError:
-            # The tenant pool was closed (idle or to make room) between lookup and checkout.
-            if self._closed:
-                raise
-            return self.get(name, tenant).connection()
+        attempts = 5  # a retry is needed only when a reload or eviction came in between
+        while True:
+            try:
+                return self.get(name, tenant).connection()
+            except PoolClosedError:
+                # The pool was closed between lookup and checkout: a reload replaced or removed
+                # it, or (a tenant pool) it was evicted. Try again, from its successor.
+                attempts -= 1
+                if self._closed or not attempts:
+                    raise
 
     def _resolve(self, name: str | None, settings: Settings) -> str:
         if name is None:
@@ -232,6 +233,7 @@ class Registry:
             if self._closed:
                 raise PoolClosedError("the registry is closed")
             lock = self._build_locks.setdefault(real, threading.Lock())
+        stale = False
         with lock:  # one builder per pool; the others wait here, then find it built
             pool = self._pools.get(real)
             if pool is None:
@@ -243,12 +245,15 @@ class Registry:
                         self._pools = {**self._pools, real: pool}
                 if not published:
                     pool.close()
-                    return self.get(name)
-            if name is None:
+                    stale = True
+            if name is None and not stale:
                 with self._lock:
                     if self._pools.get(real) is pool:
                         self._pools = {**self._pools, None: pool}
-            return pool
+        if stale:
+            # Look again outside the build lock, which is not reentrant.
+            return self.get(name)
+        return pool
 
     # -- lifecycle ----------------------------------------------------------------------------
 
