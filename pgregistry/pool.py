@@ -58,6 +58,8 @@ _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 # Lifetimes are shortened by up to this fraction, at random, so that connections opened
 # together do not all expire together.
 _LIFETIME_JITTER = 0.1
+# Reaching maxconnections is logged at most this often per pool, in seconds.
+_LIMIT_LOG_INTERVAL = 60.0
 # Under a server budget, how long a close waits for the server to end the backend, in seconds.
 _BACKEND_EXIT_WAIT = 1.0
 # Bounds for how often the maintenance task runs, in seconds.
@@ -331,6 +333,11 @@ class PooledPg:
             PingPolicy.IDLE: self._ping_after,
         }[self._ping]
         self._rollback_if_needed = self._reset is ResetPolicy.ROLLBACK_IF_NEEDED
+        # Checkout/return DEBUG records cost too much to ask the logger on every checkout:
+        # the answer is refreshed by every maintenance round and every slow checkout.
+        self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
+        self._limit_hits = 0
+        self._limit_logged_at = -_LIMIT_LOG_INTERVAL
 
         self._own_maintenance = maintenance is None
         self._maintenance = maintenance
@@ -457,6 +464,8 @@ class PooledPg:
             slot.since = now
             if self._leak_threshold:
                 self._track(slot)
+        if self._log_checkouts:
+            self.logger.debug("pool %r: checkout", self.name)
         proxy = _new_proxy(PooledPgConnection)
         proxy._pool = self
         proxy._slot = slot
@@ -480,6 +489,7 @@ class PooledPg:
         the caller takes the fast path again rather than wait next to an idle connection.
         """
         waiter: _Waiter | None = None
+        message = ""
         with self._lock:
             if self._closed:
                 raise PoolClosedError(f"pool {self.name!r} is closed")
@@ -490,10 +500,15 @@ class PooledPg:
                 self._opening += 1
             elif not self._blocking:
                 self._counts["refused"] += 1
-                raise TooManyConnectionsError(self._too_many_message())
+                message = self._too_many_message()
             else:
                 waiter = _Waiter()
                 self._waiters.append(waiter)
+        self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
+        if waiter is not None or message:
+            self._limit_reached()
+        if message:
+            raise TooManyConnectionsError(message)
         if waiter is None and self._budget is not None:
             try:
                 # A pool that must not block does not wait for the budget either.
@@ -586,6 +601,23 @@ class PooledPg:
             raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
         return waiter.result
 
+    def _limit_reached(self) -> None:
+        """Log reaching maxconnections as a WARNING, at most once a minute per pool."""
+        now = _monotonic()
+        with self._lock:
+            self._limit_hits += 1
+            if now < self._limit_logged_at + _LIMIT_LOG_INTERVAL:
+                return
+            hits, self._limit_hits = self._limit_hits, 0
+            self._limit_logged_at = now
+        self.logger.warning(
+            "pool %r: maxconnections (%d) reached %d time(s) since last said; callers %s",
+            self.name,
+            self._maxconnections,
+            hits,
+            "wait (blocking)" if self._blocking else "get TooManyConnectionsError",
+        )
+
     def _too_many_message(self) -> str:
         return (
             f"pool {self.name!r}: all {self._maxconnections} connections are in use and "
@@ -623,6 +655,8 @@ class PooledPg:
             keep = not self._closed
         else:
             keep = not self._closed and self._reset_on_return(slot)
+        if self._log_checkouts:
+            self.logger.debug("pool %r: return (keep %s)", self.name, keep)
         now = _monotonic()
         if keep and now >= slot.expires_at:
             keep = False
@@ -733,6 +767,7 @@ class PooledPg:
         pool is closed. Network I/O happens outside the pool lock.
         """
         now = time.monotonic()
+        self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
         expired: list[_Slot] = []
         surplus: list[_Slot] = []
         to_ping: list[_Slot] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pgregistry import PooledPg, PoolTimeoutError
+from pgregistry import PooledPg, PoolTimeoutError, TooManyConnectionsError
 from pgregistry.testing import BackendKiller
 
 MakePool = Callable[..., PooledPg]
@@ -301,6 +301,42 @@ def test_connection_lost_and_reopened_are_logged_as_warnings_under_the_pool_logg
     assert len(records) == 1
     assert records[0].name == f"pgregistry.pool.{pool.name}"
     assert "reopened" in records[0].getMessage()
+
+
+def test_reaching_maxconnections_is_one_warning_per_minute_with_a_count(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pgregistry")
+    pool = make_pool(0, 1, 1)  # not blocking: each extra checkout is refused
+    with pool.connection():
+        for _ in range(3):
+            with pytest.raises(TooManyConnectionsError):
+                pool.connection()
+
+    said = [
+        r.getMessage() for r in caplog.records if "maxconnections (1) reached" in r.getMessage()
+    ]
+    assert said == [said[0]] and "1 time(s)" in said[0], said
+    assert pool.stats()["refused"] == 3
+
+
+def test_checkout_and_return_are_logged_at_debug_when_enabled(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pgregistry")
+    pool = make_pool(0, ping="never")  # DEBUG is on before the pool asks the logger
+    with pool.connection():
+        pass
+    with pool.connection():
+        pass
+
+    debug = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.DEBUG and r.name == f"pgregistry.pool.{pool.name}"
+    ]
+    assert sum("checkout" in m for m in debug) >= 1, debug  # the idle (fast path) checkout
+    assert sum("return" in m for m in debug) == 2, debug
 
 
 def test_pool_built_and_closed_are_logged_as_info(
