@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from peers import (
+    DRIVERS,
     POOL_PEERS,
     ConnectPerRequest,
     DBUtilsPeer,
@@ -131,14 +132,33 @@ def _pool_peers(ctx: Context, result: Result) -> list[Peer]:
     """The pools to compare; pgregistry only if it imports (else a note says why)."""
     peers: list[Peer] = []
     for cls in POOL_PEERS:
-        if cls is PgRegistryPeer and ctx.pgregistry_missing:
-            result.notes.append(
-                f"pgregistry not measured: `from pgregistry import PooledPg` failed "
-                f"({ctx.pgregistry_missing})."
-            )
+        if cls is PgRegistryPeer and not _pgregistry_measurable(ctx, result):
             continue
         peers.append(cls(ctx.server))
     return peers
+
+
+def _pgregistry_measurable(ctx: Context, result: Result) -> bool:
+    """Whether pgregistry's pool imports; when not, a note in ``result`` says why."""
+    if ctx.pgregistry_missing:
+        result.notes.append(
+            f"pgregistry not measured: `from pgregistry import PooledPg` failed "
+            f"({ctx.pgregistry_missing})."
+        )
+        return False
+    return True
+
+
+def _open_with_driver_baselines(
+    ctx: Context, result: Result, baseline_cls: Callable[..., Peer]
+) -> tuple[dict[str, Peer], list[Peer]]:
+    """A ``baseline_cls`` peer per driver and the pools, opened: (baselines by driver, peers).
+
+    Each pool's baseline is the one of its own driver (``baselines[peer.driver]``).
+    """
+    baselines = {d: baseline_cls(ctx.server, driver=d) for d in DRIVERS}
+    pools = _pool_peers(ctx, result)
+    return baselines, _open_all([*baselines.values(), *pools], ctx.plan.n_connections, result)
 
 
 def _open_all(peers: list[Peer], n: int, result: Result) -> list[Peer]:
@@ -239,6 +259,13 @@ def _ratio_samples(num: list[float], den: list[float]) -> Stat:
 
 def _missing_target(text: str) -> Target:
     return Target(text, None, NOT_MEASURED)
+
+
+def _skip(result: Result, reason: str, target: str) -> Result:
+    """``result`` marked skipped for ``reason``, its one ``target`` not measured."""
+    result.skipped = reason
+    result.targets = [_missing_target(target)]
+    return result
 
 
 def _judge(
@@ -372,9 +399,7 @@ def measure_registry(ctx: Context) -> Result:
     target = "registry.get(name): <= 200 ns extra over holding the pool"
     missing = _registry_missing()
     if missing:
-        result.skipped = f"registry not available yet: {missing}"
-        result.targets = [_missing_target(target)]
-        return result
+        return _skip(result, f"registry not available yet: {missing}", target)
     with tempfile.TemporaryDirectory(prefix="pgregistry-bench-") as folder:
         try:
             config = _write_config(
@@ -384,9 +409,7 @@ def measure_registry(ctx: Context) -> Result:
             )
             registry = _build_registry(config)
         except Exception as exc:
-            result.skipped = f"could not build a registry: {type(exc).__name__}: {exc}"
-            result.targets = [_missing_target(target)]
-            return result
+            return _skip(result, f"could not build a registry: {type(exc).__name__}: {exc}", target)
         try:
             pool = registry.get("bench")
             get = registry.get
@@ -445,8 +468,7 @@ def measure_query_cpu(ctx: Context) -> Result:
             Column("overhead", "pool overhead CPU us", ".2f"),
         ],
     )
-    raws = {d: RawRoundRobin(ctx.server, driver=d) for d in ("pg", "psycopg", "psycopg2")}
-    peers = _open_all([*raws.values(), *_pool_peers(ctx, result)], plan.n_connections, result)
+    raws, peers = _open_with_driver_baselines(ctx, result, RawRoundRobin)
     chunk = 25
     try:
         cpu, wall = _repeat_interleaved(
@@ -683,8 +705,7 @@ def measure_connect(ctx: Context) -> Result:
             Column("saved", "saved us / request", ".0f"),
         ],
     )
-    connects = {d: ConnectPerRequest(ctx.server, driver=d) for d in ("pg", "psycopg", "psycopg2")}
-    peers = _open_all([*connects.values(), *_pool_peers(ctx, result)], plan.n_connections, result)
+    connects, peers = _open_with_driver_baselines(ctx, result, ConnectPerRequest)
     # Each round: 5 connect-per-request ops per driver, 50 pooled requests per pool.
     rounds = max(1, plan.connect_ops // 5)
 
@@ -862,12 +883,7 @@ def measure_restart(ctx: Context) -> Result:
         ],
     )
     subjects: list[Peer] = []
-    if ctx.pgregistry_missing:
-        result.notes.append(
-            f"pgregistry not measured: `from pgregistry import PooledPg` failed "
-            f"({ctx.pgregistry_missing})."
-        )
-    else:
+    if _pgregistry_measurable(ctx, result):
         subjects += [
             PgRegistryPeer(
                 ctx.server, label="pgregistry, reconnect_timeout=10", reconnect_timeout=10.0
@@ -956,9 +972,7 @@ def measure_tenants(ctx: Context) -> Result:
         if "tenant" not in inspect.signature(Registry.get).parameters:
             missing = "`Registry.get` has no `tenant` parameter yet"
     if missing:
-        result.skipped = f"tenants not available yet: {missing}"
-        result.targets = [_missing_target(target)]
-        return result
+        return _skip(result, f"tenants not available yet: {missing}", target)
     cpu: dict[int, list[float]] = {}
     wall: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="pgregistry-bench-") as folder:
@@ -973,9 +987,11 @@ def measure_tenants(ctx: Context) -> Result:
                 )
                 registry = _build_registry(config)
             except Exception as exc:
-                result.skipped = f"could not build a tenant registry: {type(exc).__name__}: {exc}"
-                result.targets = [_missing_target(target)]
-                return result
+                return _skip(
+                    result,
+                    f"could not build a tenant registry: {type(exc).__name__}: {exc}",
+                    target,
+                )
             try:
                 keys = [f"t{i:05d}" for i in range(count)]
                 deadline = time.monotonic() + 60
@@ -997,9 +1013,7 @@ def measure_tenants(ctx: Context) -> Result:
                         cpu[count].append((time.thread_time_ns() - c0) / n)
                         wall[count].append((time.perf_counter_ns() - w0) / n)
             except Exception as exc:
-                result.skipped = f"tenant lookup failed: {type(exc).__name__}: {exc}"
-                result.targets = [_missing_target(target)]
-                return result
+                return _skip(result, f"tenant lookup failed: {type(exc).__name__}: {exc}", target)
             finally:
                 registry.close()
     for count in cpu:

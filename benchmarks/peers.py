@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from pgregistry.testing import TemporaryCluster as Cluster
 
 __all__ = [
+    "DRIVERS",
     "POOL_PEERS",
     "ConnectPerRequest",
     "DBUtilsPeer",
@@ -144,7 +145,23 @@ class Peer:
 # --- baselines -------------------------------------------------------------------------------
 
 
-class QueueBaseline(Peer):
+class _OpenConnections(Peer):
+    """A baseline holding ``n`` connections opened up front, all closed by ``close()``."""
+
+    def __init__(self, server: Cluster, *, driver: str = "pg", label: str | None = None) -> None:
+        super().__init__(server, label=label, driver=driver)
+        self._all: list[Any] = []
+
+    def open(self, n_connections: int) -> None:
+        self._all = [self._connect() for _ in range(n_connections)]
+
+    def close(self) -> None:
+        for c in self._all:
+            c.close()
+        self._all = []
+
+
+class QueueBaseline(_OpenConnections):
     """A bare ``queue.Queue`` of already open connections: the least a thread-safe pool does."""
 
     name = "queue.Queue (baseline)"
@@ -152,22 +169,16 @@ class QueueBaseline(Peer):
     def __init__(self, server: Cluster, *, driver: str = "pg", label: str | None = None) -> None:
         super().__init__(server, label=label, driver=driver)
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._all: list[Any] = []
 
     def open(self, n_connections: int) -> None:
-        self._all = [self._connect() for _ in range(n_connections)]
+        super().open(n_connections)
         for c in self._all:
             self._queue.put(c)
         self.checkout = self._queue.get
         self.checkin = self._queue.put
 
-    def close(self) -> None:
-        for c in self._all:
-            c.close()
-        self._all = []
 
-
-class RawRoundRobin(Peer):
+class RawRoundRobin(_OpenConnections):
     """No pool: open connections taken in turn, nothing to return. Not thread-safe."""
 
     name = "raw connections"
@@ -175,17 +186,11 @@ class RawRoundRobin(Peer):
     def __init__(self, server: Cluster, *, driver: str = "pg", label: str | None = None) -> None:
         label = label or f"raw {driver} connections (baseline)"
         super().__init__(server, label=label, driver=driver)
-        self._all: list[Any] = []
 
     def open(self, n_connections: int) -> None:
-        self._all = [self._connect() for _ in range(n_connections)]
+        super().open(n_connections)
         self.checkout = itertools.cycle(self._all).__next__
         self.checkin = _nothing
-
-    def close(self) -> None:
-        for c in self._all:
-            c.close()
-        self._all = []
 
 
 class ConnectPerRequest(Peer):
@@ -217,25 +222,24 @@ def pgregistry_available() -> str | None:
     return None
 
 
-class PgRegistryPeer(Peer):
-    """``pgregistry.PooledPg`` with its defaults (``ping="idle"``, ``reset`` rollback-if-needed)."""
-
-    name = "pgregistry PooledPg"
+class _PooledPgPeer(Peer):
+    """A pool with DBUtils' ``PooledPg`` interface: ``connection()`` checks out, the
+    connection's ``close()`` gives it back. ``options`` go to the pool's constructor."""
 
     def __init__(self, server: Cluster, *, label: str | None = None, **options: Any) -> None:
         super().__init__(server, label=label)
         self.options = options
         self.pool: Any = None
 
-    def open(self, n_connections: int) -> None:
-        from pgregistry import PooledPg
+    def _pool_class(self) -> Any:
+        raise NotImplementedError
 
-        self.pool = PooledPg(
+    def open(self, n_connections: int) -> None:
+        self.pool = self._pool_class()(
             n_connections,
             n_connections,
             n_connections,
             True,
-            timeout=POOL_TIMEOUT,
             **self.options,
             **self.server.connect_kwargs(),
         )
@@ -248,28 +252,29 @@ class PgRegistryPeer(Peer):
             self.pool = None
 
 
-class DBUtilsPeer(Peer):
+class PgRegistryPeer(_PooledPgPeer):
+    """``pgregistry.PooledPg`` with its defaults (``ping="idle"``, ``reset`` rollback-if-needed)."""
+
+    name = "pgregistry PooledPg"
+
+    def __init__(self, server: Cluster, *, label: str | None = None, **options: Any) -> None:
+        super().__init__(server, label=label, timeout=POOL_TIMEOUT, **options)
+
+    def _pool_class(self) -> Any:
+        from pgregistry import PooledPg
+
+        return PooledPg
+
+
+class DBUtilsPeer(_PooledPgPeer):
     """DBUtils' ``PooledPg``, the original this project grew from."""
 
     name = "DBUtils PooledPg"
 
-    def __init__(self, server: Cluster, *, label: str | None = None) -> None:
-        super().__init__(server, label=label)
-        self.pool: Any = None
-
-    def open(self, n_connections: int) -> None:
+    def _pool_class(self) -> Any:
         from dbutils.pooled_pg import PooledPg
 
-        self.pool = PooledPg(
-            n_connections, n_connections, n_connections, True, **self.server.connect_kwargs()
-        )
-        self.checkout = self.pool.connection
-        self.checkin = _close
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        return PooledPg
 
 
 class PsycopgPoolPeer(Peer):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -68,7 +69,8 @@ class Maintenance:
 
     def add(self, task: Task, *, delay: float | None = None) -> Task:
         """Schedule ``task``; its first run is after ``delay`` (default: its interval)."""
-        first = time.monotonic() + (task.interval if delay is None else delay)
+        now = time.monotonic()
+        first = _next_tick(now, task.interval) if delay is None else now + delay
         with self._cond:
             self._stopped = False
             heapq.heappush(self._heap, (first, next(self._seq), task))
@@ -130,11 +132,17 @@ class Maintenance:
                 _log.exception("maintenance task %s failed; it keeps running", task.name)
                 again = True
             if again:
+                # Fixed rate on a grid of the interval, so that tasks with the same interval
+                # (the pools of a registry) come due together and share one wake-up.
+                following = _next_tick(time.monotonic(), task.interval)
                 with self._cond:
                     if not self._stopped:
-                        heapq.heappush(
-                            self._heap, (time.monotonic() + task.interval, next(self._seq), task)
-                        )
+                        heapq.heappush(self._heap, (following, next(self._seq), task))
+
+
+def _next_tick(now: float, interval: float) -> float:
+    """The first multiple of ``interval`` after ``now`` (monotonic seconds)."""
+    return (math.floor(now / interval) + 1) * interval
 
 
 _INSTANCES: weakref.WeakSet[Maintenance] = weakref.WeakSet()

@@ -9,12 +9,16 @@ Two kinds of server:
 * a throwaway cluster (``session_cluster``, ``cluster``) for ``tests/fault``, which tests may
   stop, restart and kill at will. Tests using it are marked ``slow`` automatically, so
   ``make test-quick`` (``-m 'not slow'``) starts no cluster.
+
+``clean_env`` keeps the developer's configuration out of a test (a module asks for it with
+``pytestmark = pytest.mark.usefixtures("clean_env")``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pg
@@ -30,6 +34,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No ``PGPOOLS*`` variable set and an empty working directory (``tmp_path/work``, returned),
+    so the repository's own ``pgpools.toml`` and the developer's environment never leak in."""
+    for name in list(os.environ):
+        if name.upper().startswith("PGPOOLS"):
+            monkeypatch.delenv(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
 
 
 # -- the shared server ---------------------------------------------------------------------

@@ -188,17 +188,13 @@ def test_outage_shorter_than_reconnect_timeout_is_invisible_to_callers(
         with pool.connection() as db:  # threads 3-5 check out for every call
             assert db.get_tables() is not None
 
-    group = workers(6, work, max_seconds=40.0)
-    try:
-        with group:
-            group.wait_for_progress(time.monotonic())
-            healthy_cluster.stop("fast")
-            down_at = time.monotonic()
-            start_later(1.0)
-            group.wait_for_progress(down_at, timeout=30.0)  # every thread got through it
-    finally:
-        for db in held:
-            db.close()
+    group = workers(6, work, max_seconds=40.0, closing=held)
+    with group:
+        group.wait_for_progress(time.monotonic())
+        healthy_cluster.stop("fast")
+        down_at = time.monotonic()
+        start_later(1.0)
+        group.wait_for_progress(down_at, timeout=30.0)  # every thread got through it
     assert group.errors() == []
     stats = pool.stats()
     assert stats["lost"] > 0 and stats["reopened"] > 0

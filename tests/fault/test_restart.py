@@ -82,16 +82,12 @@ def test_restart_under_load_connections_held_across_it_work_again(
         assert db.query_formatted("SELECT %s::int", (index,)).getresult() == [(index,)]
         assert db.get_tables() is not None
 
-    group = workers(4, work, max_seconds=40.0)
-    try:
-        with group:
-            group.wait_for_progress(time.monotonic())
-            healthy_cluster.restart("fast")
-            up_at = time.monotonic()
-            group.wait_for_progress(up_at + GRACE, timeout=20.0)
-    finally:
-        for db in held:
-            db.close()
+    group = workers(4, work, max_seconds=40.0, closing=held)
+    with group:
+        group.wait_for_progress(time.monotonic())
+        healthy_cluster.restart("fast")
+        up_at = time.monotonic()
+        group.wait_for_progress(up_at + GRACE, timeout=20.0)
     assert_pg_errors(group.errors())
     late = group.errors(after=up_at + GRACE)
     assert late == [], f"errors after the server was back: {late[:5]}"
@@ -116,18 +112,14 @@ def test_killed_backends_are_invisible_outside_transactions(
             with pool.connection() as db:
                 assert db.query_formatted("SELECT %s::int", (index,)).getresult() == [(index,)]
 
-    group = workers(8, work, max_seconds=40.0)
-    try:
-        with group:
-            for _ in range(3):
-                # Every thread has run a call since the last kill, so none is in the middle of
-                # its one retry when its backend is killed again.
-                group.wait_for_progress(time.monotonic())
-                assert healthy_cluster.kill_backends() > 0
+    group = workers(8, work, max_seconds=40.0, closing=own)
+    with group:
+        for _ in range(3):
+            # Every thread has run a call since the last kill, so none is in the middle of its
+            # one retry when its backend is killed again.
             group.wait_for_progress(time.monotonic())
-    finally:
-        for conn in own:
-            conn.close()
+            assert healthy_cluster.kill_backends() > 0
+        group.wait_for_progress(time.monotonic())
     assert group.errors() == []
     stats = assert_consistent(pool, 8)
     assert stats["lost"] > 0 and stats["reopened"] > 0

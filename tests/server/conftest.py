@@ -3,7 +3,8 @@
 Every test gets an ``application_name`` of its own (``app_name``) and connects with a conninfo
 string carrying it (``dsn``), so it can count and kill *its* backends in ``pg_stat_activity``
 without ever touching another session on the shared server. ``make_pool`` builds pools with that
-target and closes them (and terminates any backend of the test still open) at teardown.
+target and closes them (and terminates any backend of the test still open) at teardown;
+``make_steady`` and ``make_registry`` do the same for steady connections and registries.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 import pg
 import pytest
 
-from pgregistry import PooledPg, SteadyPgConnection
+from pgregistry import PooledPg, Registry, SteadyPgConnection
+from pgregistry.config import settings_from_mapping
 
 # Prefix of every application_name these tests use (at most 63 bytes in total).
 APP_PREFIX = "pgrt_"
@@ -67,12 +69,37 @@ class Monitor:
 
     def terminate_app(self, app_name: str) -> None:
         """Terminate the backends of ``app_name`` (only a test's own unique name)."""
-        assert app_name.startswith(APP_PREFIX)
+        self._terminate("application_name = $1", app_name)
+
+    def terminate_like(self, prefix: str) -> None:
+        """Terminate the backends whose application_name starts with ``prefix`` (a test's own)."""
+        self._terminate("left(application_name, length($1)) = $1", prefix)
+
+    def _terminate(self, match: str, name: str) -> None:
+        assert name.startswith(APP_PREFIX)
         self.db.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = $1 AND pid <> pg_backend_pid()",
-            (app_name,),
+            f" WHERE {match} AND pid <> pg_backend_pid()",
+            (name,),
         )
+
+
+def closed_after(
+    build: Callable[..., Any], terminate: Callable[[], object]
+) -> Iterator[Callable[..., Any]]:
+    """The body of a ``make_*`` fixture: yields ``build`` recording what it made; at teardown
+    closes each, then calls ``terminate()`` to end any backend of the test still open."""
+    made: list[Any] = []
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        item = build(*args, **kwargs)
+        made.append(item)
+        return item
+
+    yield make
+    for item in made:
+        item.close()
+    terminate()
 
 
 def in_child(child: Callable[[], dict[str, Any]], timeout: float = 15.0) -> dict[str, Any]:
@@ -155,44 +182,63 @@ def dsn(shared_kwargs: dict[str, Any], app_name: str) -> str:
 
 
 @pytest.fixture
+def shared_defaults(shared_kwargs: dict[str, Any], app_name: str) -> str:
+    """A TOML ``[defaults]`` table: the shared server, with this test's application_name.
+
+    No newline at the end, so a configuration may add keys of its own to the table.
+    """
+    return "\n".join(
+        [
+            "[defaults]",
+            f'host = "{shared_kwargs["host"]}"',
+            f"port = {shared_kwargs['port']}",
+            f'user = "{shared_kwargs["user"]}"',
+            f'dbname = "{shared_kwargs["dbname"]}"',
+            f'application_name = "{app_name}"',
+        ]
+    )
+
+
+@pytest.fixture
 def make_pool(dsn: str, app_name: str, monitor: Monitor) -> Iterator[Callable[..., PooledPg]]:
     """``make_pool(*args, **kwargs)`` builds a PooledPg on this test's target; closed at teardown.
 
     Positional arguments are PooledPg's (mincached, maxcached, ...); ``dbname`` defaults to
     the test's conninfo and ``name`` to its application_name.
     """
-    pools: list[PooledPg] = []
 
-    def make(*args: Any, **kwargs: Any) -> PooledPg:
+    def build(*args: Any, **kwargs: Any) -> PooledPg:
         kwargs.setdefault("dbname", dsn)
         kwargs.setdefault("name", app_name)
-        pool = PooledPg(*args, **kwargs)
-        pools.append(pool)
-        return pool
+        return PooledPg(*args, **kwargs)
 
-    yield make
-    for pool in pools:
-        pool.close()
-    monitor.terminate_app(app_name)
+    yield from closed_after(build, lambda: monitor.terminate_app(app_name))
 
 
 @pytest.fixture
 def make_steady(dsn: str, app_name: str, monitor: Monitor) -> Iterator[Callable[..., Any]]:
     """``make_steady(maxusage, setsession, **kwargs)``: a closeable SteadyPgConnection."""
-    conns: list[SteadyPgConnection] = []
 
-    def make(*args: Any, **kwargs: Any) -> SteadyPgConnection:
+    def build(*args: Any, **kwargs: Any) -> SteadyPgConnection:
         while len(args) < 2:
             args = (*args, None)
         kwargs.setdefault("dbname", dsn)
-        conn = SteadyPgConnection(args[0], args[1], True, *args[2:], **kwargs)
-        conns.append(conn)
-        return conn
+        return SteadyPgConnection(args[0], args[1], True, *args[2:], **kwargs)
 
-    yield make
-    for conn in conns:
-        conn.close()
-    monitor.terminate_app(app_name)
+    yield from closed_after(build, lambda: monitor.terminate_app(app_name))
+
+
+@pytest.fixture
+def make_registry(
+    app_name: str, monitor: Monitor
+) -> Iterator[Callable[[dict[str, Any]], Registry]]:
+    """``make_registry(mapping)``: a Registry of that configuration, closed at teardown (and
+    every backend whose application_name starts with this test's terminated)."""
+
+    def build(mapping: dict[str, Any]) -> Registry:
+        return Registry(settings_from_mapping(mapping))
+
+    yield from closed_after(build, lambda: monitor.terminate_like(app_name))
 
 
 @pytest.fixture

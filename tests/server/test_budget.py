@@ -11,13 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pg
 import pytest
 
 from pgregistry import PoolTimeoutError, Registry
-from pgregistry.config import settings_from_mapping
 
 Monitor = Any  # tests/server/conftest.py: Monitor
 
@@ -30,29 +30,6 @@ COUNT_LIKE = (
 def count_like(db: pg.DB, prefix: str) -> int:
     """Client backends whose application_name starts with ``prefix``."""
     return int(db.query(COUNT_LIKE, (prefix,)).getresult()[0][0])
-
-
-@pytest.fixture
-def make_registry(
-    app_name: str, monitor: Monitor
-) -> Iterator[Callable[[dict[str, Any]], Registry]]:
-    """``make_registry(mapping)``: a Registry, closed at teardown (and every backend whose
-    application_name starts with this test's terminated)."""
-    made: list[Registry] = []
-
-    def make(mapping: dict[str, Any]) -> Registry:
-        reg = Registry(settings_from_mapping(mapping))
-        made.append(reg)
-        return reg
-
-    yield make
-    for reg in made:
-        reg.close()
-    monitor.db.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE left(application_name, length($1)) = $1 AND pid <> pg_backend_pid()",
-        (app_name,),
-    )
 
 
 def target(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +217,20 @@ def test_a_full_budget_times_out_naming_the_server(
             db.close()
 
 
+@contextmanager
+def two_held_first_back_soon(reg: Registry, name: str) -> Iterator[None]:
+    """Hold two connections of pool ``name``: the first goes back 0.2 s in, from another
+    thread (while the block waits for room), the second when the block ends."""
+    held = [reg.connection(name) for _ in range(2)]
+    timer = threading.Timer(0.2, held[0].close)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join(5)
+        held[1].close()
+
+
 def test_a_waiting_checkout_takes_a_connection_that_goes_idle(
     shared_kwargs: dict[str, Any],
     app_name: str,
@@ -252,17 +243,10 @@ def test_a_waiting_checkout_takes_a_connection_that_goes_idle(
             "pools": pools(shared_kwargs, app_name, "a", "b", blocking=True, timeout=10),
         }
     )
-    held = [reg.connection("a") for _ in range(2)]
-    timer = threading.Timer(0.2, held[0].close)
-    timer.start()
-    try:
-        with reg.connection("b") as db:
-            assert db.query("SELECT 1").getresult() == [(1,)]
-            assert reg.stats()["pools"]["a"]["stolen"] == 1
-            assert count_like(monitor.db, app_name) == 2
-    finally:
-        timer.join(5)
-        held[1].close()
+    with two_held_first_back_soon(reg, "a"), reg.connection("b") as db:
+        assert db.query("SELECT 1").getresult() == [(1,)]
+        assert reg.stats()["pools"]["a"]["stolen"] == 1
+        assert count_like(monitor.db, app_name) == 2
 
 
 def test_a_checkout_waiting_on_the_budget_takes_room_its_own_pool_frees(
@@ -276,16 +260,10 @@ def test_a_checkout_waiting_on_the_budget_takes_room_its_own_pool_frees(
             "pools": pools(shared_kwargs, app_name, "a", blocking=True, timeout=5),
         }
     )
-    held = [reg.connection("a") for _ in range(2)]
-    timer = threading.Timer(0.2, held[0].close)
-    timer.start()
-    try:
+    with two_held_first_back_soon(reg, "a"):
         with reg.connection("a") as db:
             assert db.query("SELECT 1").getresult() == [(1,)]
         assert reg.stats()["servers"]["main"]["timeouts"] == 0
-    finally:
-        timer.join(5)
-        held[1].close()
 
 
 def test_pools_are_matched_to_the_budget_by_host_and_port(

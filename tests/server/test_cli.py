@@ -32,12 +32,7 @@ SCRIPT = Path(sys.executable).with_name("pgregistry")
 SECRETS = ("tomlsecret-7Qx", "envsecret-9Kz", "urisecret-3Jw", "kwsecret-5Pv")
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("PGPOOLS"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def dead_port() -> int:
@@ -69,18 +64,13 @@ def run_command(
 
 
 @pytest.fixture
-def config(tmp_path: Path, shared_kwargs: dict[str, Any], app_name: str) -> Path:
+def config(tmp_path: Path, shared_defaults: str) -> Path:
     """Two pools on the shared server, carrying this test's application_name."""
     path = tmp_path / "pools.toml"
     path.write_text(
         f"""
 default = "app"
-[defaults]
-host = "{shared_kwargs["host"]}"
-port = {shared_kwargs["port"]}
-user = "{shared_kwargs["user"]}"
-dbname = "{shared_kwargs["dbname"]}"
-application_name = "{app_name}"
+{shared_defaults}
 connect_timeout = 5
 [pools.app]
 mincached = 2

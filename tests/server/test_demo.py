@@ -265,17 +265,12 @@ def test_demo_points_every_pool_at_the_started_server_through_the_environment() 
 
 
 @pytest.fixture
-def test_config(tmp_path: Path, shared_kwargs: dict[str, Any], app_name: str) -> Path:
+def test_config(tmp_path: Path, shared_defaults: str) -> Path:
     path = tmp_path / "example.toml"
     path.write_text(
         f"""
 default = "app"
-[defaults]
-host = "{shared_kwargs["host"]}"
-port = {shared_kwargs["port"]}
-user = "{shared_kwargs["user"]}"
-dbname = "{shared_kwargs["dbname"]}"
-application_name = "{app_name}"
+{shared_defaults}
 [pools.app]
 maxconnections = 4
 [pools.reports]

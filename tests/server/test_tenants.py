@@ -31,7 +31,6 @@ from pgregistry import (
     PoolTimeoutError,
     Registry,
 )
-from pgregistry.config import settings_from_mapping
 from pgregistry.conninfo import build_conninfo, quote_ident
 
 Monitor = Any  # tests/server/conftest.py: Monitor
@@ -129,29 +128,6 @@ def count_like(monitor: Monitor, prefix: str) -> int:
         (prefix,),
     ).getresult()
     return int(rows[0][0])
-
-
-@pytest.fixture
-def make_registry(
-    app_name: str, monitor: Monitor
-) -> Iterator[Callable[[dict[str, Any]], Registry]]:
-    """``make_registry(mapping)``: a Registry of that configuration, closed at teardown (and
-    every backend whose application_name starts with this test's terminated)."""
-    made: list[Registry] = []
-
-    def make(mapping: dict[str, Any]) -> Registry:
-        reg = Registry(settings_from_mapping(mapping))
-        made.append(reg)
-        return reg
-
-    yield make
-    for reg in made:
-        reg.close()
-    monitor.db.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE left(application_name, length($1)) = $1 AND pid <> pg_backend_pid()",
-        (app_name,),
-    )
 
 
 def shop(world: World, app_name: str, **extra: Any) -> dict[str, Any]:

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import tempfile
 from collections.abc import Callable
@@ -20,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
+from _helpers import CONNINFO_CHARS, LIBPQ, libpq_parse, needs_libpq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +41,7 @@ names = st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True).filter(
     lambda n: check_pool_name(n) is None
 )
 texts = st.text(
-    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+    alphabet=CONNINFO_CHARS,
     min_size=1,
     max_size=12,
 )
@@ -161,8 +159,8 @@ def _check_pool(pool: PoolSettings, given_: dict[str, Any]) -> None:
             assert kwargs[key] == value and described[key] == value, key
     assert pool.libpq_params() == _expected_target(given_)
     assert parse_conninfo(kwargs["dbname"]) == pool.libpq_params()
-    if _LIBPQ is not None:
-        assert _libpq_parse(kwargs["dbname"]) == pool.libpq_params()
+    if LIBPQ is not None:
+        assert libpq_parse(kwargs["dbname"]) == pool.libpq_params()
 
 
 def _check_settings(result: Settings, data: dict[str, Any]) -> None:
@@ -340,55 +338,12 @@ def test_password_property_covers_both_outcomes() -> None:
 # -- libpq through ctypes (no server needed) ---------------------------------------------------
 
 
-class _Option(ctypes.Structure):
-    _fields_ = [
-        ("keyword", ctypes.c_char_p),
-        ("envvar", ctypes.c_char_p),
-        ("compiled", ctypes.c_char_p),
-        ("val", ctypes.c_char_p),
-        ("label", ctypes.c_char_p),
-        ("dispchar", ctypes.c_char_p),
-        ("dispsize", ctypes.c_int),
-    ]
-
-
-def _load() -> Any:
-    name = ctypes.util.find_library("pq")
-    try:
-        lib = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    if lib is not None:
-        lib.PQconninfoParse.restype = ctypes.POINTER(_Option)
-        lib.PQconninfoParse.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
-        lib.PQconninfoFree.argtypes = [ctypes.POINTER(_Option)]
-    return lib
-
-
-_LIBPQ = _load()
-
-
-def _libpq_parse(text: str) -> dict[str, str] | None:
-    err = ctypes.c_char_p()
-    ptr = _LIBPQ.PQconninfoParse(text.encode(), ctypes.byref(err))
-    if not ptr:
-        return None
-    out: dict[str, str] = {}
-    i = 0
-    while ptr[i].keyword:
-        if ptr[i].val is not None:
-            out[ptr[i].keyword.decode()] = ptr[i].val.decode("utf-8", "replace")
-        i += 1
-    _LIBPQ.PQconninfoFree(ptr)
-    return out
-
-
-@pytest.mark.skipif(_LIBPQ is None, reason="libpq cannot be loaded with ctypes")
+@needs_libpq
 def test_libpq_reads_a_generated_target_like_we_do() -> None:
     pool = settings_from_mapping(
         {"pools": {"a": {"host": "h", "password": "it's a \\ test", "options": "-c x=1"}}}
     ).pools["a"]
-    assert _libpq_parse(pool.pool_kwargs()["dbname"]) == {
+    assert libpq_parse(pool.pool_kwargs()["dbname"]) == {
         "host": "h",
         "password": "it's a \\ test",
         "options": "-c x=1",

@@ -6,11 +6,8 @@ against libpq itself; no server is needed for that.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from typing import Any
-
 import pytest
+from _helpers import CONNINFO_CHARS, LIBPQ, libpq_keywords, libpq_parse, needs_libpq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,65 +26,6 @@ from pgregistry.conninfo import (
     quote_value,
     redact,
 )
-
-# -- libpq itself, through ctypes (PQconninfoParse needs no server) ------------------------------
-
-
-class _Option(ctypes.Structure):
-    _fields_ = [
-        ("keyword", ctypes.c_char_p),
-        ("envvar", ctypes.c_char_p),
-        ("compiled", ctypes.c_char_p),
-        ("val", ctypes.c_char_p),
-        ("label", ctypes.c_char_p),
-        ("dispchar", ctypes.c_char_p),
-        ("dispsize", ctypes.c_int),
-    ]
-
-
-def _load_libpq() -> Any:
-    name = ctypes.util.find_library("pq")
-    if not name:
-        return None
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError:
-        return None
-    lib.PQconninfoParse.restype = ctypes.POINTER(_Option)
-    lib.PQconninfoParse.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
-    lib.PQconndefaults.restype = ctypes.POINTER(_Option)
-    lib.PQconninfoFree.argtypes = [ctypes.POINTER(_Option)]
-    lib.PQfreemem.argtypes = [ctypes.c_void_p]
-    return lib
-
-
-_LIBPQ = _load_libpq()
-needs_libpq = pytest.mark.skipif(_LIBPQ is None, reason="libpq cannot be loaded with ctypes")
-
-
-def _options(ptr: Any) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    i = 0
-    while ptr[i].keyword:
-        val = ptr[i].val
-        out[ptr[i].keyword.decode()] = None if val is None else val.decode("utf-8", "replace")
-        i += 1
-    _LIBPQ.PQconninfoFree(ptr)
-    return out
-
-
-def libpq_parse(text: str) -> dict[str, str] | None:
-    """libpq's reading of ``text`` (set values only), or None when libpq refuses it."""
-    err = ctypes.c_char_p()
-    ptr = _LIBPQ.PQconninfoParse(text.encode(), ctypes.byref(err))
-    if not ptr:
-        return None
-    return {k: v for k, v in _options(ptr).items() if v is not None}
-
-
-def libpq_keywords() -> set[str]:
-    return set(_options(_LIBPQ.PQconndefaults()))
-
 
 # -- quoting and building ----------------------------------------------------------------------
 
@@ -222,7 +160,7 @@ def test_is_uri_and_is_conninfo() -> None:
 
 
 def test_libpq_keyword_list_covers_the_installed_libpq() -> None:
-    if _LIBPQ is None:
+    if LIBPQ is None:
         pytest.skip("libpq cannot be loaded with ctypes")
     missing = libpq_keywords() - set(LIBPQ_KEYWORDS)
     assert not missing, f"add to LIBPQ_KEYWORDS: {sorted(missing)}"
@@ -254,9 +192,7 @@ def test_parser_agrees_with_libpq(text: str) -> None:
 # -- round trips -------------------------------------------------------------------------------
 
 _NICE_KEYWORDS = [k for k in LIBPQ_KEYWORDS if k != "dbname"]  # dbname=... may expand
-_values = st.text(
-    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=20
-)
+_values = st.text(alphabet=CONNINFO_CHARS, max_size=20)
 _params = st.dictionaries(st.sampled_from(_NICE_KEYWORDS), _values, max_size=6)
 
 

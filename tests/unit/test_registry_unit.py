@@ -8,7 +8,6 @@ across reloads, draining, the default registry at exit) are in ``tests/server/te
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +28,7 @@ def settings(pools: dict[str, dict[str, Any]], default: str | None = None) -> Se
     return settings_from_mapping(data, source="test")
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("PGPOOLS"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -8,9 +8,6 @@ in ``tests/server/test_tenants.py`` and ``tests/server/test_budget.py``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
 import re
 import socket
 from collections.abc import Iterator
@@ -19,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import LIBPQ, libpq_parse
 
 from pgregistry import InvalidTenantError, Registry, UnknownPoolError
 from pgregistry.config import (
@@ -33,16 +31,7 @@ from pgregistry.config import (
 from pgregistry.conninfo import escape_option, parse_conninfo, quote_ident, quote_literal
 from pgregistry.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in list(os.environ):
-        if name.upper().startswith("PGPOOLS"):
-            monkeypatch.delenv(name)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def template(**keys: Any) -> TenantSettings:
@@ -86,52 +75,13 @@ HOSTILE_KEYS = [
 ]
 
 
-# -- libpq itself through ctypes (PQconninfoParse needs no server) --------------------------------
-
-
-class _Option(ctypes.Structure):
-    _fields_ = [
-        ("keyword", ctypes.c_char_p),
-        ("envvar", ctypes.c_char_p),
-        ("compiled", ctypes.c_char_p),
-        ("val", ctypes.c_char_p),
-        ("label", ctypes.c_char_p),
-        ("dispchar", ctypes.c_char_p),
-        ("dispsize", ctypes.c_int),
-    ]
-
-
-def _load_libpq() -> Any:
-    name = ctypes.util.find_library("pq")
-    try:
-        lib = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    if lib is not None:
-        lib.PQconninfoParse.restype = ctypes.POINTER(_Option)
-        lib.PQconninfoParse.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
-        lib.PQconninfoFree.argtypes = [ctypes.POINTER(_Option)]
-    return lib
-
-
-_LIBPQ = _load_libpq()
-
-
-def libpq_parse(text: str) -> dict[str, str]:
+def read_like_libpq(text: str) -> dict[str, str]:
     """libpq's own reading of a keyword string (set values only); our parser without libpq."""
-    if _LIBPQ is None:
+    if LIBPQ is None:
         return parse_conninfo(text)
-    err = ctypes.c_char_p()
-    ptr = _LIBPQ.PQconninfoParse(text.encode(), ctypes.byref(err))
-    assert ptr, f"libpq refused {text!r}"
-    out: dict[str, str] = {}
-    i = 0
-    while ptr[i].keyword:
-        if ptr[i].val is not None:
-            out[ptr[i].keyword.decode()] = ptr[i].val.decode()
-        i += 1
-    _LIBPQ.PQconninfoFree(ptr)
-    return out
+    parsed = libpq_parse(text)
+    assert parsed is not None, f"libpq refused {text!r}"
+    return parsed
 
 
 def server_split_options(options: str) -> list[str]:
@@ -191,7 +141,7 @@ FULL = {
 def test_placeholders_are_substituted_in_every_allowed_field() -> None:
     pool = template(**FULL).for_tenant("acme")
     assert isinstance(pool, PoolSettings) and not isinstance(pool, TenantSettings)
-    assert libpq_parse(pool.dsn()) == {
+    assert read_like_libpq(pool.dsn()) == {
         "host": "127.0.0.1",
         "dbname": "db_acme",
         "user": "u_acme",
@@ -215,7 +165,7 @@ def test_a_permissive_pattern_still_quotes_every_key_for_libpq(key: str) -> None
         return
     pool = shop.for_tenant(key)
     # Exactly the template's keywords, each holding the key as data: no keyword was added.
-    assert libpq_parse(pool.dsn()) == {
+    assert read_like_libpq(pool.dsn()) == {
         "host": "127.0.0.1",
         "dbname": f"db_{key}",
         "user": f"u_{key}",
@@ -223,7 +173,7 @@ def test_a_permissive_pattern_still_quotes_every_key_for_libpq(key: str) -> None
         "application_name": f"app_{key}",
     }
     # The server splits options into exactly two words: no extra -c.
-    assert server_split_options(libpq_parse(pool.dsn())["options"]) == ["-c", f"app.opt={key}"]
+    assert server_split_options(read_like_libpq(pool.dsn())["options"]) == ["-c", f"app.opt={key}"]
 
 
 @pytest.mark.parametrize("key", [k for k in HOSTILE_KEYS if k and "\x00" not in k and len(k) < 60])
