@@ -15,14 +15,18 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .budget import ServerBudget
-from .config import PoolSettings, Settings, TenantSettings, load_settings
 from .errors import PoolClosedError, UnknownPoolError
 from .maintenance import Maintenance, Task
 from .pool import PooledPg, PooledPgConnection, PoolStats
 from .tenants import TenantPools
+
+if TYPE_CHECKING:
+    # Imported when first needed (see _load_settings): pydantic takes longer to import than
+    # the rest of the package, and a program that uses PooledPg alone never needs it.
+    from .config import PoolSettings, Settings, TenantSettings
 
 __all__ = ["Registry", "RegistryStats", "ReloadResult", "default_registry"]
 
@@ -65,7 +69,7 @@ class Registry:
         loader: Callable[[], Settings] | None = None,
     ) -> None:
         if settings is None and loader is None:
-            loader = load_settings
+            loader = _load_settings
         self._loader = loader
         self._settings = settings
         # name -> pool; None maps to the default pool once it is built. Replaced, never
@@ -90,7 +94,7 @@ class Registry:
         """
 
         def loader() -> Settings:
-            return load_settings(path, env=env)
+            return _load_settings(path, env=env)
 
         return cls(loader(), loader=loader)
 
@@ -357,6 +361,15 @@ class Registry:
         return f"<Registry built={built} {'closed' if self._closed else 'open'}>"
 
 
+def _load_settings(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
+    """:func:`pgregistry.config.load_settings`, imported on first use."""
+    from .config import load_settings
+
+    return load_settings(path, env=env)
+
+
 def _key(item: tuple[str | None, PooledPg]) -> str:
     return item[0] or ""
 
@@ -374,5 +387,5 @@ def _templates(settings: Settings) -> str:
 #: The process-wide registry behind ``pgregistry.registry``, ``pgregistry.get()`` and
 #: ``pgregistry.connection()``: it reads ``PGPOOLS_CONFIG`` (or ``./pgpools.toml``) and the
 #: environment on first use, and closes at interpreter exit.
-default_registry: Registry = Registry(loader=load_settings)
+default_registry: Registry = Registry(loader=_load_settings)
 atexit.register(default_registry.close)

@@ -17,10 +17,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .config import PoolSettings, TenantSettings
 from .errors import PoolClosedError, PoolTimeoutError
 from .pool import PooledPg, PoolStats
+
+if TYPE_CHECKING:
+    from .config import PoolSettings, TenantSettings
 
 __all__ = ["TenantPools"]
 
@@ -29,7 +32,7 @@ _log = logging.getLogger("pgregistry.tenants")
 # How often a caller waiting for a free place among max_pools looks again, in seconds.
 _RETRY_PAUSE = 0.02
 
-PoolFactory = Callable[[PoolSettings, str], PooledPg]
+PoolFactory = Callable[["PoolSettings", str], PooledPg]
 
 
 class _Entry:

@@ -8,6 +8,8 @@ across reloads, draining, the default registry at exit) are in ``tests/server/te
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +251,17 @@ def test_with_statement_closes_the_registry() -> None:
     with Registry(settings({"a": {}})) as registry:
         pool = registry.get("a")
     assert registry.closed and pool.closed
+
+
+def test_importing_the_package_for_pooledpg_alone_does_not_import_pydantic() -> None:
+    # pydantic (for the configuration) takes longer to import than the rest of the package:
+    # a program that only builds PooledPg never pays for it; the registry loads it on first use.
+    code = (
+        "import sys, pgregistry\n"
+        "assert 'pydantic' not in sys.modules, 'pydantic imported'\n"
+        "pgregistry.PooledPg\n"
+        "from pgregistry.config import load_settings\n"
+        "assert 'pydantic' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
