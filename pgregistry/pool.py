@@ -186,13 +186,14 @@ def _format_stack(frames: list[_Frame]) -> str:
 class _Waiter:
     """A caller waiting for a connection. Its lock is held until something is handed over."""
 
-    __slots__ = ("gate", "result")
+    __slots__ = ("gate", "result", "started")
 
     def __init__(self) -> None:
         self.gate = threading.Lock()
         self.gate.acquire()
         #: A _Slot, _OPEN (you may open a new connection) or _CLOSED; None while waiting.
         self.result: _Slot | object | None = None
+        self.started = time.perf_counter_ns()
 
     def give(self, result: _Slot | object) -> None:
         self.result = result
@@ -520,6 +521,7 @@ class PooledPg:
         """
         waiter: _Waiter | None = None
         message = ""
+        limit_hits = 0
         with self._lock:
             if self._closed:
                 raise PoolClosedError(f"pool {self.name!r} is closed")
@@ -528,15 +530,23 @@ class PooledPg:
             if not self._maxconnections or self._size < self._maxconnections:
                 self._size += 1
                 self._opening += 1
-            elif not self._blocking:
-                self._counts["refused"] += 1
-                message = self._too_many_message()
             else:
-                waiter = _Waiter()
-                self._waiters.append(waiter)
+                if not self._blocking:
+                    self._counts["refused"] += 1
+                    message = self._too_many_message()
+                else:
+                    waiter = _Waiter()
+                    self._waiters.append(waiter)
+                limit_hits = self._count_limit_hit()
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
-        if waiter is not None or message:
-            self._limit_reached()
+        if limit_hits:
+            self.logger.warning(
+                "pool %r: maxconnections (%d) reached %d time(s) since last said; callers %s",
+                self.name,
+                self._maxconnections,
+                limit_hits,
+                "wait (blocking)" if self._blocking else "get TooManyConnectionsError",
+            )
         if message:
             raise TooManyConnectionsError(message)
         if waiter is None and self._budget is not None:
@@ -546,17 +556,16 @@ class PooledPg:
             except BaseException:
                 self._unreserve(1)
                 raise
+        # A waiter's checkout was counted by whoever handed it the connection (see _hand_over).
         got = _OPEN if waiter is None else self._wait(waiter)
-        slot = self._open_for_checkout() if got is _OPEN else got
+        slot = self._open_for_checkout(count=waiter is None) if got is _OPEN else got
         assert isinstance(slot, _Slot)
-        with self._lock:
-            self._checkouts += 1
         slot.since = _monotonic()
         if self._leak_threshold:
             self._track(slot)
         return slot
 
-    def _open_for_checkout(self) -> _Slot:
+    def _open_for_checkout(self, *, count: bool = False) -> _Slot:
         """Open a connection in a place already counted in ``_size`` and ``_opening``."""
         try:
             slot = self._new_slot()
@@ -565,7 +574,21 @@ class PooledPg:
             raise
         with self._lock:
             self._opening -= 1
+            self._checkouts += count
         return slot
+
+    def _hand_over(self, result: _Slot | object) -> None:
+        """Give the oldest waiter a connection or a place (under the lock), counting its wait.
+
+        The counting is done here, under the lock the giver holds anyway, so that the woken
+        thread goes on without taking the lock again.
+        """
+        waiter = self._waiters.popleft()
+        if result is not _CLOSED:
+            self._counts["waits"] += 1
+            self._wait_ns += time.perf_counter_ns() - waiter.started
+            self._checkouts += 1
+        waiter.give(result)
 
     def _release_place(self, *, opening: bool = True) -> None:
         """A counted place goes unused: the oldest waiter may open in it, else it is freed."""
@@ -574,7 +597,7 @@ class PooledPg:
                 self._opening -= 1
             if self._waiters and not self._closed:
                 self._opening += 1
-                self._waiters.popleft().give(_OPEN)
+                self._hand_over(_OPEN)
                 return
             self._size -= 1
         self._freed(1)
@@ -611,19 +634,18 @@ class PooledPg:
 
     def _wait(self, waiter: _Waiter) -> _Slot | object:
         timeout = self._timeout
-        started = time.perf_counter_ns()
-        self.logger.debug("pool %r: at maxconnections, waiting", self.name)
-        got = waiter.gate.acquire(timeout=-1 if timeout is None else timeout)
-        waited_ns = time.perf_counter_ns() - started
-        with self._lock:
-            self._counts["waits"] += 1
-            self._wait_ns += waited_ns
-            if not got and waiter.result is None:
-                self._waiters.remove(waiter)
-                self._counts["timeouts"] += 1
-                message = self._timeout_message(waited_ns / 1e9)
-            else:
-                message = ""
+        if self._log_checkouts:
+            self.logger.debug("pool %r: at maxconnections, waiting", self.name)
+        message = ""
+        if not waiter.gate.acquire(timeout=-1 if timeout is None else timeout):
+            waited_ns = time.perf_counter_ns() - waiter.started
+            with self._lock:
+                if waiter.result is None:  # else it was handed something just in time
+                    self._waiters.remove(waiter)
+                    self._counts["waits"] += 1
+                    self._counts["timeouts"] += 1
+                    self._wait_ns += waited_ns
+                    message = self._timeout_message(waited_ns / 1e9)
         if message:
             self.logger.warning("%s", message)
             raise PoolTimeoutError(message)
@@ -631,22 +653,18 @@ class PooledPg:
             raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
         return waiter.result
 
-    def _limit_reached(self) -> None:
-        """Log reaching maxconnections as a WARNING, at most once a minute per pool."""
+    def _count_limit_hit(self) -> int:
+        """Count reaching maxconnections (under the lock); the count to log, if it is time.
+
+        Logged as a WARNING at most once a minute per pool, with the count since last said.
+        """
+        self._limit_hits += 1
         now = _monotonic()
-        with self._lock:
-            self._limit_hits += 1
-            if now < self._limit_logged_at + _LIMIT_LOG_INTERVAL:
-                return
-            hits, self._limit_hits = self._limit_hits, 0
-            self._limit_logged_at = now
-        self.logger.warning(
-            "pool %r: maxconnections (%d) reached %d time(s) since last said; callers %s",
-            self.name,
-            self._maxconnections,
-            hits,
-            "wait (blocking)" if self._blocking else "get TooManyConnectionsError",
-        )
+        if now < self._limit_logged_at + _LIMIT_LOG_INTERVAL:
+            return 0
+        hits, self._limit_hits = self._limit_hits, 0
+        self._limit_logged_at = now
+        return hits
 
     def _too_many_message(self) -> str:
         return (
@@ -706,7 +724,7 @@ class PooledPg:
                 to_close = slot
                 self._size -= 1
             elif self._waiters:
-                self._waiters.popleft().give(slot)
+                self._hand_over(slot)
             else:
                 slot.since = now
                 self._idle.append(slot)
