@@ -233,12 +233,15 @@ class SteadyPgConnection(_DBAPI):
         A closeable connection can be brought back with :meth:`reopen`.
         """
         if self._closeable:
-            db, self._db, self._cnx = self._db, None, None
-            self._transaction = False
-            if db is not None:
-                _close_quietly(db)
+            self._close_now()
         elif self._transaction or self._server_in_transaction():
             self.rollback()
+
+    def _close_now(self) -> None:
+        db, self._db, self._cnx = self._db, None, None
+        self._transaction = False
+        if db is not None:
+            _close_quietly(db)
 
     def close_and_wait(self, timeout: float) -> None:
         """Close, then wait up to ``timeout`` seconds until the server has ended the backend.
@@ -254,11 +257,7 @@ class SteadyPgConnection(_DBAPI):
             with contextlib.suppress(Exception):
                 fd = os.dup(cnx.socket)
         try:
-            self._closeable, closeable = True, self._closeable
-            try:
-                self.close()
-            finally:
-                self._closeable = closeable
+            self._close_now()
         finally:
             if fd >= 0:
                 _wait_for_eof(fd, timeout)
