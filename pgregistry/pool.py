@@ -20,21 +20,17 @@ import itertools
 import logging
 import os
 import random
-import sys
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any
 
-import pg
-
+from . import leak
 from .budget import ServerBudget
 from .conninfo import redact
 from .errors import (
-    InvalidConnectionError,
     PoolClosedError,
     PoolTimeoutError,
     ServerUnavailableError,
@@ -42,25 +38,15 @@ from .errors import (
 )
 from .maintenance import Maintenance, Task
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
-from .steady import (
-    SetSession,
-    SteadyPgConnection,
-    _secrets_of,
-    api_method_names,
-    normalize_setsession,
-)
+from .proxy import PooledPgConnection, Slot
+from .stats import COUNTERS, Counter, PoolObserver, PoolStats
+from .steady import SetSession, SteadyPgConnection, normalize_setsession, secrets_of
 
 __all__ = ["PoolStats", "PooledPg", "PooledPgConnection"]
-
-_TRANS_IDLE: int = pg.TRANS_IDLE
-_TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
-_TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 
 # Lifetimes are shortened by up to this fraction, at random, so that connections opened
 # together do not all expire together.
 _LIFETIME_JITTER = 0.1
-# Frames kept of the code that checked a connection out, for leak reports.
-_LEAK_STACK_DEPTH = 16
 # Reaching maxconnections is logged at most this often per pool, in seconds.
 _LIMIT_LOG_INTERVAL = 60.0
 # Under a server budget, how long a close waits for the server to end the backend, in seconds.
@@ -72,115 +58,11 @@ _REFILL_PERIOD = 1.0
 
 _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
+_perf = time.perf_counter
 _new_proxy = object.__new__
 _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
-
-
-class PoolStats(TypedDict):
-    """What :meth:`PooledPg.stats` returns. Sizes are a snapshot; counters only grow."""
-
-    name: str
-    #: Connections open now (``idle + in_use``).
-    open: int
-    #: Open connections waiting in the pool.
-    idle: int
-    #: Connections checked out by callers (including those being set up for a caller).
-    in_use: int
-    #: Callers waiting for a connection right now.
-    waiting: int
-    mincached: int
-    maxcached: int
-    maxconnections: int
-    #: Successful checkouts.
-    checkouts: int
-    #: Checkouts that had to wait for a connection.
-    waits: int
-    #: Total time spent waiting, in milliseconds.
-    wait_ms: float
-    #: Waits that ended in PoolTimeoutError.
-    timeouts: int
-    #: Refusals with TooManyConnectionsError (blocking off).
-    refused: int
-    #: Connections opened (including reopens).
-    opened: int
-    #: Connections found lost (server restart, killed backend, network).
-    lost: int
-    #: Lost connections reopened transparently.
-    reopened: int
-    #: Connections closed because they reached ``max_lifetime``.
-    expired: int
-    #: Idle connections closed because they were idle longer than ``max_idle``.
-    idle_closed: int
-    #: Connections that failed a ping and were replaced.
-    ping_failed: int
-    #: Resets done on return.
-    resets: int
-    #: Resets that failed (the connection was closed instead of pooled).
-    reset_failures: int
-    #: Connections held longer than ``leak_threshold``.
-    leaks: int
-    #: Idle connections closed to make room for another pool on the same server budget.
-    stolen: int
-
-
-_COUNTERS = (
-    "waits",
-    "timeouts",
-    "refused",
-    "opened",
-    "lost",
-    "reopened",
-    "expired",
-    "idle_closed",
-    "ping_failed",
-    "resets",
-    "reset_failures",
-    "leaks",
-    "stolen",
-)
-
-
-class _Slot:
-    """The long-lived record of one pooled connection (the proxy is per checkout)."""
-
-    __slots__ = ("conn", "expires_at", "generation", "leak_reported", "since", "stack")
-
-    def __init__(self, conn: SteadyPgConnection, expires_at: float, generation: int) -> None:
-        self.conn = conn
-        self.expires_at = expires_at
-        self.generation = generation
-        #: When it last went idle or was last checked out (monotonic seconds).
-        self.since = time.monotonic()
-        #: Where it was checked out, when leak detection is on (formatted only if it leaks).
-        self.stack: list[_Frame] | None = None
-        self.leak_reported = False
-
-
-_Frame = tuple[str, int, str]  # file, line, function
-
-
-def _caller_stack(limit: int = _LEAK_STACK_DEPTH) -> list[_Frame]:
-    """The caller's stack outside this module, oldest first, without reading any source.
-
-    traceback.format_stack() reads and formats every line at once (tens of microseconds per
-    checkout); this keeps file, line and function only, and the source is looked up if the
-    connection is ever reported as a leak.
-    """
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame = frame.f_back  # type: ignore[assignment]
-    frames: list[_Frame] = []
-    while frame is not None and len(frames) < limit:
-        code = frame.f_code
-        frames.append((code.co_filename, frame.f_lineno, code.co_name))
-        frame = frame.f_back  # type: ignore[assignment]
-    frames.reverse()
-    return frames
-
-
-def _format_stack(frames: list[_Frame]) -> str:
-    """Format a stack from :func:`_caller_stack` like a traceback, source lines included."""
-    return "".join(traceback.format_list([traceback.FrameSummary(*f) for f in frames]))
+# The pool's own files, skipped when the stack of a checkout is kept for leak reports.
+_OWN_FILES = frozenset({__file__, leak.__file__})
 
 
 class _Waiter:
@@ -191,11 +73,11 @@ class _Waiter:
     def __init__(self) -> None:
         self.gate = threading.Lock()
         self.gate.acquire()
-        #: A _Slot, _OPEN (you may open a new connection) or _CLOSED; None while waiting.
-        self.result: _Slot | object | None = None
+        #: A Slot, _OPEN (you may open a new connection) or _CLOSED; None while waiting.
+        self.result: Slot | object | None = None
         self.started = time.perf_counter_ns()
 
-    def give(self, result: _Slot | object) -> None:
+    def give(self, result: Slot | object) -> None:
         self.result = result
         self.gate.release()
 
@@ -343,18 +225,18 @@ class PooledPg:
         self._retry = bool(retry_after_reopen)
         self._args = args
         self._kwargs = kwargs
-        self._secrets = _secrets_of(args, kwargs)
+        self._secrets = secrets_of(args, kwargs)
 
         self._lock = threading.Lock()
-        self._idle: deque[_Slot] = deque()
+        self._idle: deque[Slot] = deque()
         self._size = 0  # connections open, being opened, or checked out
         self._opening = 0  # of those, being opened right now
         self._waiters: deque[_Waiter] = deque()
-        self._checked_out: set[_Slot] = set()  # maintained only for leak detection
+        self._checked_out: set[Slot] = set()  # maintained only for leak detection
         # Every place counted in _size holds one unit of the budget (when there is one).
         self._budget = budget
         self._generation = 0
-        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._counts = dict.fromkeys(COUNTERS, 0)
         self._checkouts = 0  # a counter of its own: it is on the fast path
         self._wait_ns = 0
         # Checkout pings a connection idle longer than this (inf: never, -1: always).
@@ -369,6 +251,7 @@ class PooledPg:
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
         self._limit_hits = 0
         self._limit_logged_at = -_LIMIT_LOG_INTERVAL
+        self._observer: PoolObserver | None = None
 
         self._own_maintenance = maintenance is None
         self._maintenance = maintenance
@@ -406,10 +289,14 @@ class PooledPg:
         conn.logger = self.logger
         return conn
 
-    def _new_slot(self) -> _Slot:
+    def _new_slot(self) -> Slot:
         """Open a pooled connection (I/O; never called under the lock)."""
+        started = _perf()
         conn = self.steady_connection()
         conn.listener = self._on_event
+        observer = self._observer
+        if observer is not None:
+            self._notify(observer.on_connect, _perf() - started)
         lifetime = self._max_lifetime
         expires = (
             time.monotonic() + lifetime * (1.0 - _LIFETIME_JITTER * random.random())
@@ -417,18 +304,37 @@ class PooledPg:
             else float("inf")
         )
         with self._lock:
-            self._counts["opened"] += 1
+            self._counts[Counter.OPENED] += 1
             generation = self._generation
             restart, self._restart_upkeep = self._restart_upkeep, False
         if restart and self._maintenance is not None:
             self._maintenance.ensure_running()
-        return _Slot(conn, expires, generation)
+        return Slot(conn, expires, generation)
 
-    def _on_event(self, event: str) -> None:
+    def _on_event(self, event: Counter) -> None:
         with self._lock:
             self._counts[event] += 1
-            if event == "reopened":
-                self._counts["opened"] += 1
+            if event is Counter.REOPENED:
+                self._counts[Counter.OPENED] += 1
+        observer = self._observer
+        if observer is not None and event is Counter.REOPENED:
+            # The reopen's own duration is not known here; a reopen is a connect all the same.
+            self._notify(observer.on_connect, 0.0)
+
+    def observe(self, observer: PoolObserver | None) -> None:
+        """Send this pool's timed events to ``observer`` (None: stop).
+
+        See :class:`~pgregistry.stats.PoolObserver`. Unobserved, the checkout path pays one
+        test of an attribute. An observer that raises is logged once and dropped.
+        """
+        self._observer = observer
+
+    def _notify(self, method: Callable[..., None], *args: float) -> None:
+        try:
+            method(*args)
+        except Exception:
+            self._observer = None
+            self.logger.exception("pool %r: observer failed; it is dropped", self.name)
 
     def _fill(self, target: int, *, raise_errors: bool) -> None:
         """Open connections until ``target`` are open (``mincached``); I/O outside the lock."""
@@ -438,7 +344,7 @@ class PooledPg:
                 missing = min(missing, self._maxconnections - self._size)
             self._size += missing
             self._opening += missing
-        opened: list[_Slot] = []
+        opened: list[Slot] = []
         error: ServerUnavailableError | PoolTimeoutError | None = None
         budgeted = 0
         for _ in range(missing):
@@ -478,6 +384,8 @@ class PooledPg:
         """
         # The fast path (an idle connection that needs no check) is kept flat on purpose: it
         # is what every request pays.
+        observer = self._observer
+        started = _perf() if observer is not None else 0.0
         with self._lock:
             if self._idle and not self._closed:
                 slot = self._idle.pop()
@@ -502,18 +410,20 @@ class PooledPg:
         proxy._slot = slot
         proxy._con = slot.conn
         proxy._result = None
+        if observer is not None:
+            self._notify(observer.on_checkout, _perf() - started)
         return proxy
 
-    def _refresh(self, slot: _Slot, now: float) -> _Slot:
+    def _refresh(self, slot: Slot, now: float) -> Slot:
         """Replace an idle connection that expired, or that fails its due ping."""
         if now >= slot.expires_at:
-            return self._replace(slot, "expired")
+            return self._replace(slot, Counter.EXPIRED)
         if not slot.conn.ping():
             self.logger.warning("pool %r: idle connection failed its ping", self.name)
-            return self._replace(slot, "ping_failed")
+            return self._replace(slot, Counter.PING_FAILED)
         return slot
 
-    def _checkout_slow(self) -> _Slot | None:
+    def _checkout_slow(self) -> Slot | None:
         """No idle connection: open a new one within the limit, or wait for one.
 
         None when a connection was returned to the idle stack since the fast path looked:
@@ -532,7 +442,7 @@ class PooledPg:
                 self._opening += 1
             else:
                 if not self._blocking:
-                    self._counts["refused"] += 1
+                    self._counts[Counter.REFUSED] += 1
                     message = self._too_many_message()
                 else:
                     waiter = _Waiter()
@@ -559,13 +469,13 @@ class PooledPg:
         # A waiter's checkout was counted by whoever handed it the connection (see _hand_over).
         got = _OPEN if waiter is None else self._wait(waiter)
         slot = self._open_for_checkout(count=waiter is None) if got is _OPEN else got
-        assert isinstance(slot, _Slot)
+        assert isinstance(slot, Slot)
         slot.since = _monotonic()
         if self._leak_threshold:
             self._track(slot)
         return slot
 
-    def _open_for_checkout(self, *, count: bool = False) -> _Slot:
+    def _open_for_checkout(self, *, count: bool = False) -> Slot:
         """Open a connection in a place already counted in ``_size`` and ``_opening``."""
         try:
             slot = self._new_slot()
@@ -577,7 +487,7 @@ class PooledPg:
             self._checkouts += count
         return slot
 
-    def _hand_over(self, result: _Slot | object) -> None:
+    def _hand_over(self, result: Slot | object) -> None:
         """Give the oldest waiter a connection or a place (under the lock), counting its wait.
 
         The counting is done here, under the lock the giver holds anyway, so that the woken
@@ -585,7 +495,7 @@ class PooledPg:
         """
         waiter = self._waiters.popleft()
         if result is not _CLOSED:
-            self._counts["waits"] += 1
+            self._counts[Counter.WAITS] += 1
             self._wait_ns += time.perf_counter_ns() - waiter.started
             self._checkouts += 1
         waiter.give(result)
@@ -608,7 +518,7 @@ class PooledPg:
             self._size -= count
             self._opening -= count
 
-    def _close_slot(self, slot: _Slot) -> None:
+    def _close_slot(self, slot: Slot) -> None:
         """Close a pooled connection (I/O; outside the lock).
 
         Under a server budget, wait until the server has let the backend go, so that the
@@ -625,14 +535,14 @@ class PooledPg:
         if self._budget is not None and count:
             self._budget.release(count)
 
-    def _track(self, slot: _Slot) -> None:
+    def _track(self, slot: Slot) -> None:
         """Remember where a connection was checked out, for leak detection."""
-        slot.stack = _caller_stack()
+        slot.stack = leak.caller_stack(_OWN_FILES)
         slot.leak_reported = False
         with self._lock:
             self._checked_out.add(slot)
 
-    def _wait(self, waiter: _Waiter) -> _Slot | object:
+    def _wait(self, waiter: _Waiter) -> Slot | object:
         timeout = self._timeout
         if self._log_checkouts:
             self.logger.debug("pool %r: at maxconnections, waiting", self.name)
@@ -642,12 +552,15 @@ class PooledPg:
             with self._lock:
                 if waiter.result is None:  # else it was handed something just in time
                     self._waiters.remove(waiter)
-                    self._counts["waits"] += 1
-                    self._counts["timeouts"] += 1
+                    self._counts[Counter.WAITS] += 1
+                    self._counts[Counter.TIMEOUTS] += 1
                     self._wait_ns += waited_ns
                     message = self._timeout_message(waited_ns / 1e9)
         if message:
             self.logger.warning("%s", message)
+            observer = self._observer
+            if observer is not None:
+                self._notify(observer.on_timeout)
             raise PoolTimeoutError(message)
         if waiter.result is _CLOSED:
             raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
@@ -680,7 +593,7 @@ class PooledPg:
             f"in use {in_use}, waiting {len(self._waiters)}); raise maxconnections or timeout"
         )
 
-    def _replace(self, slot: _Slot, counter: str | None) -> _Slot:
+    def _replace(self, slot: Slot, counter: Counter | None) -> Slot:
         """Close ``slot`` and open a new connection in its place (outside the lock)."""
         if counter:
             with self._lock:
@@ -692,29 +605,31 @@ class PooledPg:
 
     # -- return -------------------------------------------------------------------------------
 
-    def _checkin(self, slot: _Slot, *, fresh: bool = False) -> None:
+    def _checkin(self, slot: Slot, *, fresh: bool = False) -> None:
         """Reset a returned connection, then hand it to a waiter, pool it, or close it."""
-        cnx = slot.conn._cnx
         if fresh:
             keep = True
-        elif self._rollback_if_needed and cnx is not None and cnx.transaction() == _TRANS_IDLE:
-            # The default policy on an idle, healthy connection: nothing to send.
-            slot.conn._transaction = False
-            keep = not self._closed
         else:
-            keep = not self._closed and self._reset_on_return(slot)
+            observer = self._observer
+            if observer is not None:
+                self._notify(observer.on_checkin, _monotonic() - slot.since)
+            if self._rollback_if_needed and slot.conn.idle_on_server():
+                # The default policy on an idle, healthy connection: nothing to send.
+                keep = not self._closed
+            else:
+                keep = not self._closed and self._reset_on_return(slot)
         if self._log_checkouts:
             self.logger.debug("pool %r: return (keep %s)", self.name, keep)
         now = _monotonic()
         if keep and now >= slot.expires_at:
             keep = False
             with self._lock:
-                self._counts["expired"] += 1
+                self._counts[Counter.EXPIRED] += 1
         if not keep or slot.generation != self._generation:
             # Closed before its place is handed on, so a budget is never exceeded.
             self._drop(slot)
             return
-        to_close: _Slot | None = None
+        to_close: Slot | None = None
         with self._lock:
             if self._leak_threshold:
                 self._checked_out.discard(slot)
@@ -732,45 +647,31 @@ class PooledPg:
             self._close_slot(to_close)
             self._freed(1)
 
-    def _reset_on_return(self, slot: _Slot) -> bool:
+    def _reset_on_return(self, slot: Slot) -> bool:
         """Apply the reset policy; False when the connection must be closed instead."""
         conn = slot.conn
-        cnx = conn._cnx
-        if cnx is None or not cnx.status:
+        if conn.is_lost():
             return False  # closed by the caller, or lost: not worth pooling
-        policy = self._reset
         try:
-            state = cnx.transaction()
-            if state in (_TRANS_ACTIVE, _TRANS_UNKNOWN):
-                raise pg.OperationalError("a query is still running on the connection")
-            # The server's state is the truth: after begin() and a raw COMMIT it is idle, and
-            # a ROLLBACK then would only put a warning in the server log.
-            in_transaction = state != _TRANS_IDLE
-            if policy is ResetPolicy.ROLLBACK_IF_NEEDED:
-                if not in_transaction:
-                    return True
-                cnx.query("ROLLBACK")
-            elif policy is ResetPolicy.ROLLBACK:
-                cnx.query("ROLLBACK" if in_transaction else "SELECT")
-            elif policy is ResetPolicy.DISCARD:
-                if in_transaction:
-                    cnx.query("ROLLBACK")
-                cnx.query("DISCARD ALL")
-                conn.replay_session()
-            else:
-                conn.reopen()
-            conn._transaction = False
+            rolled_back = conn.reset_on_return(self._reset)
         except Exception as exc:
             with self._lock:
-                self._counts["reset_failures"] += 1
+                self._counts[Counter.RESET_FAILURES] += 1
             self.logger.warning(
                 "pool %r: reset on return failed, connection closed: %s",
                 self.name,
                 redact(str(exc).strip(), self._secrets),
             )
             return False
-        with self._lock:
-            self._counts["resets"] += 1
+        if rolled_back:
+            self.logger.warning(
+                "pool %r: connection given back inside a transaction; rolled back (end it with "
+                "commit() or rollback(), or use pool.transaction())",
+                self.name,
+            )
+        if rolled_back or not self._rollback_if_needed:
+            with self._lock:
+                self._counts[Counter.RESETS] += 1
         return True
 
     # -- upkeep -------------------------------------------------------------------------------
@@ -816,13 +717,13 @@ class PooledPg:
         """
         now = time.monotonic()
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
-        expired: list[_Slot] = []
-        surplus: list[_Slot] = []
-        to_ping: list[_Slot] = []
+        expired: list[Slot] = []
+        surplus: list[Slot] = []
+        to_ping: list[Slot] = []
         with self._lock:
             if self._closed:
                 return False
-            keep: deque[_Slot] = deque()
+            keep: deque[Slot] = deque()
             idle_total = len(self._idle)
             # Oldest-returned first: those at the bottom of the stack age out first.
             for slot in self._idle:
@@ -840,8 +741,8 @@ class PooledPg:
                     keep.append(slot)
             self._idle = keep
             self._size -= len(expired) + len(surplus)
-            self._counts["expired"] += len(expired)
-            self._counts["idle_closed"] += len(surplus)
+            self._counts[Counter.EXPIRED] += len(expired)
+            self._counts[Counter.IDLE_CLOSED] += len(surplus)
             leaks = self._find_leaks(now) if self._leak_threshold else []
         for slot in expired + surplus:
             self._close_slot(slot)
@@ -862,22 +763,22 @@ class PooledPg:
                 self.name,
                 age,
                 self._leak_threshold,
-                _format_stack(slot.stack or []),
+                leak.format_stack(slot.stack or []),
             )
         if self._size < self._mincached:
             self._fill(self._mincached, raise_errors=False)
         return True
 
-    def _ping_idle(self, slot: _Slot) -> None:
+    def _ping_idle(self, slot: Slot) -> None:
         alive = slot.conn.ping()
         if not alive:
             with self._lock:
-                self._counts["ping_failed"] += 1
+                self._counts[Counter.PING_FAILED] += 1
             self.logger.warning("pool %r: idle connection failed its ping; closed", self.name)
         slot.since = time.monotonic()
         self._checkin(slot, fresh=alive) if alive else self._drop(slot)
 
-    def _drop(self, slot: _Slot) -> None:
+    def _drop(self, slot: Slot) -> None:
         """Close a slot that is not idle, then hand its place to a waiter or free it."""
         self._close_slot(slot)
         with self._lock:
@@ -887,13 +788,13 @@ class PooledPg:
                 return  # from before a fork: its place was never counted in this process
         self._release_place(opening=False)
 
-    def _find_leaks(self, now: float) -> list[tuple[_Slot, float]]:
+    def _find_leaks(self, now: float) -> list[tuple[Slot, float]]:
         threshold = self._leak_threshold or 0.0
         found = []
         for slot in self._checked_out:
             if not slot.leak_reported and now - slot.since > threshold:
                 slot.leak_reported = True
-                self._counts["leaks"] += 1
+                self._counts[Counter.LEAKS] += 1
                 found.append((slot, now - slot.since))
         return found
 
@@ -948,7 +849,7 @@ class PooledPg:
                 return False
             slot = self._idle.popleft()
             self._size -= 1
-            self._counts["stolen"] += 1
+            self._counts[Counter.STOLEN] += 1
         self._close_slot(slot)
         self._freed(1)
         return True
@@ -1003,7 +904,7 @@ class PooledPg:
         self._checked_out = set()
         self._size = 0
         self._opening = 0
-        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._counts = dict.fromkeys(COUNTERS, 0)
         self._checkouts = 0
         self._wait_ns = 0
         self._restart_upkeep = self._upkeep is not None and not self._closed
@@ -1015,165 +916,3 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-if TYPE_CHECKING:
-    from pg import DB as _DBAPI
-else:
-    _DBAPI = object
-
-
-class PooledPgConnection(_DBAPI):
-    """A checked-out connection: the whole steady ``pg.DB`` API, returned on close.
-
-    ``close()``, ``del`` or leaving ``with pool.connection() as db:`` returns the connection
-    to its pool; afterwards every use raises :class:`InvalidConnectionError`. A method call
-    keeps the proxy alive until it returns, so ``pool.connection().query(...)`` is safe: the
-    connection goes back only after the query is done.
-    """
-
-    __slots__ = ("__weakref__", "_con", "_pool", "_result", "_slot")
-
-    # Made by PooledPg.connection() without __init__ (one call less on the hot path).
-    _pool: PooledPg
-    _slot: _Slot | None
-    _con: SteadyPgConnection | None
-    #: The last query result, whose column types are looked up before the connection goes
-    #: back (see _prime_types).
-    _result: object
-
-    def close(self) -> None:
-        """Return the connection to the pool (once; later calls do nothing)."""
-        slot = self._slot
-        if slot is not None:
-            result = self._result
-            if result is not None:
-                self._result = None
-                _prime_types(slot.conn, result)
-            self._slot = self._con = None
-            self._pool._checkin(slot)
-
-    def reopen(self) -> None:
-        """Reopen the underlying connection, or take a new one if this proxy was returned."""
-        con = self._con
-        if con is not None:
-            con.reopen()
-            return
-        fresh = self._pool.connection()
-        self._slot, self._con = fresh._slot, fresh._con
-        fresh._slot = fresh._con = None
-
-    @property
-    def steady(self) -> SteadyPgConnection:
-        """The underlying :class:`SteadyPgConnection` (``with db.steady:`` is a transaction)."""
-        return self._live()
-
-    def _live(self) -> SteadyPgConnection:
-        con = self._con
-        if con is None:
-            raise InvalidConnectionError(
-                f"connection of pool {self._pool.name!r} was already returned to the pool"
-            )
-        return con
-
-    def query(self, command: str, *args: Any) -> Any:
-        con = self._con
-        if con is None:
-            con = self._live()
-        self._result = result = con.query(command, *args)
-        return result
-
-    def query_formatted(self, *args: Any, **kwargs: Any) -> Any:
-        self._result = result = self._live().query_formatted(*args, **kwargs)
-        return result
-
-    def query_prepared(self, name: str, *args: Any) -> Any:
-        self._result = result = self._live().query_prepared(name, *args)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._live(), name)
-
-    def __enter__(self) -> PooledPgConnection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # Not contextlib.suppress: this runs for every checkout, and try costs nothing.
-        if self._slot is not None:
-            try:  # noqa: SIM105
-                self.close()
-            except Exception:
-                pass
-
-    def __repr__(self) -> str:
-        state = "returned" if self._con is None else "checked out"
-        return f"<PooledPgConnection of {self._pool.name!r} {state}>"
-
-
-# Column types that PyGreSQL converts without asking the server (see _prime_types): bool,
-# bytea, char, name, int8, int2, int4, text, oid, json, float4, float8, money, bpchar, varchar,
-# numeric, jsonb, and arrays of these.
-_NATIVE_TYPES = frozenset(
-    {16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 790, 1042, 1043, 1700, 3802}
-    | {199, 1000, 1001, 1002, 1003, 1005, 1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028}
-    | {1231, 3807}
-)
-
-
-def _prime_types(conn: SteadyPgConnection, result: object) -> None:
-    """Look up now the column types that reading ``result`` would look up later.
-
-    PyGreSQL fetches a type's description from the server the first time a connection meets
-    it in a result (timestamptz, date, uuid, records, ...), and it does so when the result is
-    read, on the connection the result came from. ``pool.connection().query(...).getresult()``
-    reads after the connection went back to the pool, where another thread may be using it.
-    Looking the types up while the connection is still ours makes that line safe.
-    """
-    if type(result) is not pg.Query:
-        return
-    db = conn._db
-    if db is None:
-        return
-    try:
-        dbtypes = db.dbtypes
-        fields: Any = result.fieldinfo()  # type: ignore[call-arg]  # column is optional
-        for field in fields:
-            oid = field[1]
-            if oid not in _NATIVE_TYPES and oid not in dbtypes:
-                typ = dbtypes.get(oid)
-                if typ is not None and typ.relid:
-                    dbtypes.get_attnames(typ)
-    except Exception:
-        pass  # best effort: reading the result will report any real problem
-
-
-def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    def method(self: PooledPgConnection, *args: Any, **kwargs: Any) -> Any:
-        con = self._con
-        if con is None:
-            con = self._live()
-        return getattr(con, name)(*args, **kwargs)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = func.__doc__
-    method.__wrapped__ = func  # type: ignore[attr-defined]
-    return method
-
-
-def _install_forwarders() -> None:
-    names = set(api_method_names()) | {"ping", "in_transaction", "is_lost"}
-    for name in sorted(names):
-        if name in PooledPgConnection.__dict__:
-            continue
-        attr = getattr(SteadyPgConnection, name)
-        if isinstance(attr, property):
-            continue
-        setattr(PooledPgConnection, name, _forwarding_method(name, attr))
-
-
-_install_forwarders()

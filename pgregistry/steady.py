@@ -36,6 +36,8 @@ import pg
 
 from .conninfo import redact
 from .errors import ConnectionLostError, InvalidConnectionError, ServerUnavailableError
+from .policies import ResetPolicy
+from .stats import Counter
 
 __all__ = ["SetSession", "SteadyPgConnection"]
 
@@ -43,6 +45,7 @@ SetSession: TypeAlias = "Sequence[str] | str | Callable[[pg.DB], object] | None"
 
 _TRANS_IDLE: int = pg.TRANS_IDLE
 _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
+_TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 _log = logging.getLogger("pgregistry.connection")
 
 # Statements that end a transaction when sent as raw SQL through query().
@@ -92,7 +95,7 @@ _URI_USERINFO_PASSWORD = re.compile(r"\s*postgres(?:ql)?://[^:@/?#]*:([^@/?#]+)@
 _URI_PARAM_PASSWORD = re.compile(r"[?&]password=([^&#]+)", re.IGNORECASE)
 
 
-def _secrets_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
+def secrets_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
     """Literal passwords among the pg.DB arguments (positional ``passwd`` is the 6th)."""
     found = [kwargs.get("passwd"), kwargs.get("password")]
     if len(args) >= 6:
@@ -161,14 +164,14 @@ class SteadyPgConnection(_DBAPI):
         self._reconnect_timeout = reconnect_timeout or 0.0
         self._args = args
         self._kwargs = kwargs
-        self._secrets = _secrets_of(args, kwargs)
+        self._secrets = secrets_of(args, kwargs)
         self._transaction = False
         self._usage = 0
         self._db: pg.DB | None = None
         self._cnx: Any = None  # the C-level pg.Connection inside self._db
         self._pid = os.getpid()
-        #: Called with "lost" or "reopened"; pools count these in their stats.
-        self.listener: Callable[[str], None] | None = None
+        #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
+        self.listener: Callable[[Counter], None] | None = None
         self.logger: logging.Logger = _log
         self._open_new()
         with _LIVE_LOCK:
@@ -220,7 +223,7 @@ class SteadyPgConnection(_DBAPI):
         if old is not None:
             _close_quietly(old)
 
-    def _event(self, event: str) -> None:
+    def _event(self, event: Counter) -> None:
         listener = self.listener
         if listener is not None:
             listener(event)
@@ -289,6 +292,86 @@ class SteadyPgConnection(_DBAPI):
         cnx = self._cnx
         return cnx is not None and cnx.transaction() not in (_TRANS_IDLE, _TRANS_UNKNOWN)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The literal passwords among the connection arguments (for redacting messages)."""
+        return self._secrets
+
+    def transaction_state(self) -> int:
+        """libpq's transaction status (``pg.TRANS_*``) without a round trip; UNKNOWN if closed."""
+        cnx = self._cnx
+        state: int = _TRANS_UNKNOWN if cnx is None else cnx.transaction()
+        return state
+
+    def idle_on_server(self) -> bool:
+        """True when the connection is open and the server reports no transaction.
+
+        Clears the ``begin()`` mark in that case (a raw ``COMMIT`` may have ended it), so the
+        cheapest return path needs no round trip and no reset.
+        """
+        cnx = self._cnx
+        if cnx is not None and cnx.transaction() == _TRANS_IDLE:
+            self._transaction = False
+            return True
+        return False
+
+    def reset_on_return(self, policy: ResetPolicy) -> bool:
+        """Clean the session for the next borrower as ``policy`` says (I/O; raises on failure).
+
+        Returns True when a transaction was still open (or failed) and was rolled back, so
+        the pool can warn about a connection given back inside a transaction. The server's
+        state is the truth: after ``begin()`` and a raw ``COMMIT`` it is idle, and a ROLLBACK
+        then would only put a warning in the server log.
+        """
+        cnx = self._cnx
+        if cnx is None or not cnx.status:
+            raise ConnectionLostError("the connection is closed or lost")
+        state: int = cnx.transaction()
+        if state in (_TRANS_ACTIVE, _TRANS_UNKNOWN):
+            raise pg.OperationalError("a query is still running on the connection")
+        in_transaction = state != _TRANS_IDLE
+        if policy is ResetPolicy.ROLLBACK_IF_NEEDED:
+            if in_transaction:
+                cnx.query("ROLLBACK")
+        elif policy is ResetPolicy.ROLLBACK:
+            cnx.query("ROLLBACK" if in_transaction else "SELECT")
+        elif policy is ResetPolicy.DISCARD:
+            if in_transaction:
+                cnx.query("ROLLBACK")
+            cnx.query("DISCARD ALL")
+            self.replay_session()
+        else:
+            self.reopen()
+        self._transaction = False
+        return in_transaction
+
+    def prime_types(self, result: object) -> None:
+        """Look up now the column types that reading ``result`` would look up later.
+
+        PyGreSQL fetches a type's description from the server the first time a connection
+        meets it in a result (timestamptz, date, uuid, records, ...), and it does so when the
+        result is read, on the connection the result came from.
+        ``pool.connection().query(...).getresult()`` reads after the connection went back to
+        the pool, where another thread may be using it; looking the types up while the
+        connection is still ours makes that line safe.
+        """
+        if type(result) is not pg.Query:
+            return
+        db = self._db
+        if db is None:
+            return
+        try:
+            dbtypes = db.dbtypes
+            fields: Any = result.fieldinfo()  # type: ignore[call-arg]  # column is optional
+            for field in fields:
+                oid = field[1]
+                if oid not in _NATIVE_TYPES and oid not in dbtypes:
+                    typ = dbtypes.get(oid)
+                    if typ is not None and typ.relid:
+                        dbtypes.get_attnames(typ)
+        except Exception:
+            pass  # best effort: reading the result will report any real problem
+
     def is_lost(self) -> bool:
         """True when libpq reports the connection broken (no round trip is made)."""
         cnx = self._cnx
@@ -350,7 +433,7 @@ class SteadyPgConnection(_DBAPI):
         if self._cnx is not None and self._cnx.status:
             raise exc  # the connection is fine: an error about the SQL or the arguments
         if state != _TRANS_UNKNOWN:
-            self._event("lost")  # once per loss, not again for each call on a known-dead one
+            self._event(Counter.LOST)  # once per loss, not again for each call on a known-dead one
         ends = _ending_statement(func, args)
         # UNKNOWN before the call means the connection was already dead: no live transaction
         # unless begin() (or an earlier loss inside a raw BEGIN) set the flag.
@@ -382,7 +465,7 @@ class SteadyPgConnection(_DBAPI):
     def _reopen_after_loss(self) -> None:
         self._open_new()
         self.logger.warning("connection lost; reopened")
-        self._event("reopened")
+        self._event(Counter.REOPENED)
 
     def _end_lost_transaction(self, statement: str, exc: Exception) -> None:
         """commit/rollback on a connection whose transaction died with it."""
@@ -455,6 +538,16 @@ class SteadyPgConnection(_DBAPI):
         if self._db is not None:
             names.update(dir(self._db))
         return sorted(names)
+
+
+# Column types that PyGreSQL converts without asking the server (see prime_types): bool,
+# bytea, char, name, int8, int2, int4, text, oid, json, float4, float8, money, bpchar, varchar,
+# numeric, jsonb, and arrays of these.
+_NATIVE_TYPES = frozenset(
+    {16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 790, 1042, 1043, 1700, 3802}
+    | {199, 1000, 1001, 1002, 1003, 1005, 1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028}
+    | {1231, 3807}
+)
 
 
 def _ending_statement(func: Callable[..., Any], args: tuple[Any, ...]) -> str | None:

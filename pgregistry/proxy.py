@@ -1,0 +1,162 @@
+"""The per-checkout proxy and the long-lived record of a pooled connection.
+
+As in SQLAlchemy's pool, the two are apart: a :class:`Slot` lives as long as its server
+connection (expiry, idle time, leak stack), while a :class:`PooledPgConnection` lives for one
+checkout and gives the connection back when it is closed or collected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidConnectionError
+from .leak import Frame
+from .steady import SteadyPgConnection, api_method_names
+
+if TYPE_CHECKING:
+    from .pool import PooledPg
+
+__all__ = ["PooledPgConnection", "Slot"]
+
+
+class Slot:
+    """The long-lived record of one pooled connection (the proxy is per checkout)."""
+
+    __slots__ = ("conn", "expires_at", "generation", "leak_reported", "since", "stack")
+
+    def __init__(self, conn: SteadyPgConnection, expires_at: float, generation: int) -> None:
+        self.conn = conn
+        self.expires_at = expires_at
+        self.generation = generation
+        #: When it last went idle or was last checked out (monotonic seconds).
+        self.since = time.monotonic()
+        #: Where it was checked out, when leak detection is on (formatted only if it leaks).
+        self.stack: list[Frame] | None = None
+        self.leak_reported = False
+
+
+if TYPE_CHECKING:
+    from pg import DB as _DBAPI
+else:
+    _DBAPI = object
+
+
+class PooledPgConnection(_DBAPI):
+    """A checked-out connection: the whole steady ``pg.DB`` API, returned on close.
+
+    ``close()``, ``del`` or leaving ``with pool.connection() as db:`` returns the connection
+    to its pool; afterwards every use raises :class:`InvalidConnectionError`. A method call
+    keeps the proxy alive until it returns, so ``pool.connection().query(...)`` is safe: the
+    connection goes back only after the query is done.
+    """
+
+    __slots__ = ("__weakref__", "_con", "_pool", "_result", "_slot")
+
+    # Made by PooledPg.connection() without __init__ (one call less on the hot path).
+    _pool: PooledPg
+    _slot: Slot | None
+    _con: SteadyPgConnection | None
+    #: The last query result, whose column types are looked up before the connection goes
+    #: back (see SteadyPgConnection.prime_types).
+    _result: object
+
+    def close(self) -> None:
+        """Return the connection to the pool (once; later calls do nothing)."""
+        slot = self._slot
+        if slot is not None:
+            result = self._result
+            if result is not None:
+                self._result = None
+                slot.conn.prime_types(result)
+            self._slot = self._con = None
+            self._pool._checkin(slot)
+
+    def reopen(self) -> None:
+        """Reopen the underlying connection, or take a new one if this proxy was returned."""
+        con = self._con
+        if con is not None:
+            con.reopen()
+            return
+        fresh = self._pool.connection()
+        self._slot, self._con = fresh._slot, fresh._con
+        fresh._slot = fresh._con = None
+
+    @property
+    def steady(self) -> SteadyPgConnection:
+        """The underlying :class:`SteadyPgConnection` (``with db.steady:`` is a transaction)."""
+        return self._live()
+
+    def _live(self) -> SteadyPgConnection:
+        con = self._con
+        if con is None:
+            raise InvalidConnectionError(
+                f"connection of pool {self._pool.name!r} was already returned to the pool"
+            )
+        return con
+
+    def query(self, command: str, *args: Any) -> Any:
+        con = self._con
+        if con is None:
+            con = self._live()
+        self._result = result = con.query(command, *args)
+        return result
+
+    def query_formatted(self, *args: Any, **kwargs: Any) -> Any:
+        self._result = result = self._live().query_formatted(*args, **kwargs)
+        return result
+
+    def query_prepared(self, name: str, *args: Any) -> Any:
+        self._result = result = self._live().query_prepared(name, *args)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._live(), name)
+
+    def __enter__(self) -> PooledPgConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Not contextlib.suppress: this runs for every checkout, and try costs nothing.
+        if self._slot is not None:
+            try:  # noqa: SIM105
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        state = "returned" if self._con is None else "checked out"
+        return f"<PooledPgConnection of {self._pool.name!r} {state}>"
+
+
+def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    def method(self: PooledPgConnection, *args: Any, **kwargs: Any) -> Any:
+        con = self._con
+        if con is None:
+            con = self._live()
+        return getattr(con, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = func.__doc__
+    method.__wrapped__ = func  # type: ignore[attr-defined]
+    return method
+
+
+def _install_forwarders() -> None:
+    names = set(api_method_names()) | {"ping", "in_transaction", "is_lost"}
+    for name in sorted(names):
+        if name in PooledPgConnection.__dict__:
+            continue
+        attr = getattr(SteadyPgConnection, name)
+        if isinstance(attr, property):
+            continue
+        setattr(PooledPgConnection, name, _forwarding_method(name, attr))
+
+
+_install_forwarders()
