@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import leak
@@ -40,7 +40,13 @@ from .maintenance import Maintenance, Task
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
 from .proxy import PooledPgConnection, Slot
 from .stats import COUNTERS, Counter, PoolObserver, PoolStats
-from .steady import SetSession, SteadyPgConnection, normalize_setsession, secrets_of
+from .steady import (
+    SetSession,
+    SteadyPgConnection,
+    check_connect_args,
+    normalize_setsession,
+    secrets_of,
+)
 
 __all__ = ["PoolStats", "PooledPg", "PooledPgConnection"]
 
@@ -199,6 +205,7 @@ class PooledPg:
             maxconnections = maxcached
         if maxusage is not None:
             _check_size("maxusage", maxusage)
+        check_connect_args(args, kwargs)
         self._setsession = normalize_setsession(setsession)
         self._reset = parse_reset(reset)
         self._ping = parse_ping(ping)
@@ -413,6 +420,24 @@ class PooledPg:
         if observer is not None:
             self._notify(observer.on_checkout, _perf() - started)
         return proxy
+
+    @contextlib.contextmanager
+    def transaction(self, mode: str | None = None) -> Iterator[PooledPgConnection]:
+        """``with pool.transaction() as db:``: a connection inside ``begin(mode)``.
+
+        Commits when the block ends normally, rolls back when it raises, and gives the
+        connection back either way. A rollback that fails (the connection was lost) does not
+        hide the block's own exception.
+        """
+        with self.connection() as db:
+            db.begin(mode)
+            try:
+                yield db
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    db.rollback()
+                raise
+            db.commit()
 
     def _refresh(self, slot: Slot, now: float) -> Slot:
         """Replace an idle connection that expired, or that fails its due ping."""

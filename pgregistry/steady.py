@@ -88,6 +88,34 @@ def normalize_setsession(setsession: object) -> tuple[str, ...] | Callable[[pg.D
     )
 
 
+# What pg.connect() (and so pg.DB) accepts, in its positional order.
+CONNECT_PARAMETERS = ("dbname", "host", "port", "opt", "user", "passwd", "nowait")
+
+
+def check_connect_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse now what ``pg.connect()`` would refuse at the first open (a TypeError then).
+
+    PyGreSQL takes only ``dbname, host, port, opt, user, passwd, nowait``; every other libpq
+    keyword belongs in a conninfo string given as ``dbname``.
+    """
+    if len(args) > len(CONNECT_PARAMETERS):
+        raise TypeError(
+            f"pg.DB takes at most {len(CONNECT_PARAMETERS)} connection arguments "
+            f"({', '.join(CONNECT_PARAMETERS)}), got {len(args)}"
+        )
+    for keyword in kwargs:
+        if keyword not in CONNECT_PARAMETERS:
+            raise TypeError(
+                f"{keyword}: not a connection argument of pg.DB (those are "
+                f"{', '.join(CONNECT_PARAMETERS)}); put other libpq keywords in a conninfo "
+                f"string: dbname='dbname=app {keyword}=...'"
+            )
+    taken = CONNECT_PARAMETERS[: len(args)]
+    for keyword in kwargs:
+        if keyword in taken:
+            raise TypeError(f"{keyword}: given both by position and by keyword")
+
+
 # The password of a postgresql:// URI as written (userinfo or ?password=): libpq quotes such a
 # token verbatim in errors like 'invalid percent-encoded token: "..."'.
 _URI = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
@@ -157,6 +185,7 @@ class SteadyPgConnection(_DBAPI):
             raise ValueError(f"maxusage: must be an integer >= 0 or None (got {maxusage!r})")
         if reconnect_timeout is not None and reconnect_timeout < 0:
             raise ValueError(f"reconnect_timeout: must be >= 0 (got {reconnect_timeout!r})")
+        check_connect_args(args, kwargs)
         self._maxusage: int = maxusage or sys.maxsize
         self._setsession = normalize_setsession(setsession)
         self._closeable = closeable

@@ -752,3 +752,113 @@ def test_forked_child_leaves_a_connection_checked_out_at_fork_time_alone(
     held.close()
     with pool.connection() as conn:
         assert conn.backend_pid == parent_pid
+
+
+# -- observer, transaction block, return inside a transaction -----------------------------------
+
+
+class RecordingObserver:
+    """Keeps every event a pool reports (see pgregistry.stats.PoolObserver)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float]] = []
+
+    def on_connect(self, seconds: float) -> None:
+        self.events.append(("connect", seconds))
+
+    def on_checkout(self, waited: float) -> None:
+        self.events.append(("checkout", waited))
+
+    def on_checkin(self, used: float) -> None:
+        self.events.append(("checkin", used))
+
+    def on_timeout(self) -> None:
+        self.events.append(("timeout", 0.0))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]
+
+
+def test_observer_sees_connects_checkouts_checkins_and_timeouts(make_pool: MakePool) -> None:
+    pool = make_pool(0, 0, 1, True, timeout=0.1)
+    observer = RecordingObserver()
+    pool.observe(observer)
+    db = pool.connection()
+    time.sleep(0.02)
+    with pytest.raises(PoolTimeoutError):
+        pool.connection()
+    db.close()
+    pool.connection().close()
+    assert observer.kinds() == ["connect", "checkout", "timeout", "checkin", "checkout", "checkin"]
+    seconds = dict(observer.events[:2]) | {"checkin": observer.events[3][1]}
+    assert 0.0 < seconds["connect"] < 30.0
+    assert 0.0 <= seconds["checkout"] < 30.0
+    assert seconds["checkin"] >= 0.02  # it was held across the sleep and the timed-out wait
+    pool.observe(None)
+    pool.connection().close()
+    assert len(observer.events) == 6
+
+
+def test_a_failing_observer_is_dropped_and_logged_once(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(RecordingObserver):
+        def on_checkout(self, waited: float) -> None:
+            raise RuntimeError("observer bug")
+
+    pool = make_pool()
+    pool.observe(Broken())
+    for _ in range(3):
+        pool.connection().close()  # never raises to the caller
+    failures = [r for r in caplog.records if "observer failed" in r.getMessage()]
+    assert len(failures) == 1
+
+
+def test_transaction_block_commits_on_success(make_pool: MakePool, table: str) -> None:
+    pool = make_pool()
+    with pool.transaction() as db:
+        db.query(f"INSERT INTO {table} (id, name) VALUES (1, 'kept')")
+        assert db.in_transaction
+    with pool.connection() as other:
+        rows = other.query(f"SELECT name FROM {table}").getresult()
+    assert rows == [("kept",)]
+
+
+def test_transaction_block_rolls_back_on_an_exception_and_gives_the_connection_back(
+    make_pool: MakePool, table: str
+) -> None:
+    pool = make_pool(0, 0, 1)
+    with pytest.raises(ZeroDivisionError), pool.transaction() as db:
+        db.query(f"INSERT INTO {table} (id, name) VALUES (1, 'dropped')")
+        1 / 0  # noqa: B018
+    assert pool.stats()["in_use"] == 0
+    with pool.connection() as other:
+        assert other.query(f"SELECT count(*) FROM {table}").getresult() == [(0,)]
+        assert not other.in_transaction
+
+
+def test_connection_given_back_inside_a_transaction_is_rolled_back_with_a_warning(
+    make_pool: MakePool, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(name="forgetful")
+    db = pool.connection()
+    db.begin()
+    db.query(f"INSERT INTO {table} (id, name) VALUES (1, 'never committed')")
+    db.close()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "'forgetful'" in r.getMessage() and "inside a transaction" in r.getMessage()
+        for r in warnings
+    ), [r.getMessage() for r in warnings]
+    with pool.connection() as other:
+        assert other.query(f"SELECT count(*) FROM {table}").getresult() == [(0,)]
+
+
+def test_connection_given_back_outside_a_transaction_logs_no_warning(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(reset="rollback")
+    with pool.connection() as db:
+        db.begin()
+        db.commit()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -218,10 +219,59 @@ def test_unreachable_server_at_checkout_raises_and_frees_the_place(
 
 
 def test_unreachable_server_with_reconnect_timeout_retries_then_raises(
-    target: dict[str, Any],
+    target: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    attempts: list[float] = []
+    real_db = pg.DB
+
+    def counting_db(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        return real_db(*args, **kwargs)
+
+    monkeypatch.setattr(pg, "DB", counting_db)
     with pytest.raises(ServerUnavailableError, match="Connection refused"):
-        PooledPg(1, reconnect_timeout=0.2, **target)
+        PooledPg(1, reconnect_timeout=0.3, **target)
+    # The backoff starts at 20 ms and grows by half up to 250 ms: several tries in 0.3 s, and
+    # the last one no earlier than the window allows.
+    assert len(attempts) >= 3, attempts
+    assert attempts[-1] - attempts[0] >= 0.2
+
+
+def test_unreachable_server_without_reconnect_timeout_tries_once(
+    target: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[object] = []
+    real_db = pg.DB
+
+    def counting_db(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(args)
+        return real_db(*args, **kwargs)
+
+    monkeypatch.setattr(pg, "DB", counting_db)
+    with pytest.raises(ServerUnavailableError):
+        PooledPg(1, **target)
+    assert len(attempts) == 1
+
+
+@pytest.mark.parametrize("keyword", ["application_name", "sslmode", "dbnmae", "password"])
+def test_unknown_connection_keyword_is_refused_at_construction(
+    target: dict[str, Any], keyword: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"^{keyword}: not a connection argument") as caught:
+        PooledPg(0, **{keyword: "x"}, **target)
+    assert "conninfo" in str(caught.value)
+    with pytest.raises(TypeError, match=rf"^{keyword}:"):
+        SteadyPgConnection(None, None, True, **{keyword: "x"}, **target)
+
+
+def test_too_many_positional_connection_arguments_are_refused(target: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="at most 7"):
+        PooledPg(0, 0, 0, False, None, None, None, "a", "b", 1, None, "u", "p", False, "extra")
+
+
+def test_connection_argument_given_twice_is_refused() -> None:
+    with pytest.raises(TypeError, match="^dbname: given both"):
+        PooledPg(0, 0, 0, False, None, None, None, "test", dbname="test")
 
 
 def test_unreachable_server_for_a_steady_connection_raises_operational_error(
