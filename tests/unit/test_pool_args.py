@@ -270,7 +270,7 @@ def test_too_many_positional_connection_arguments_are_refused(target: dict[str, 
 
 
 def test_connection_argument_given_twice_is_refused() -> None:
-    with pytest.raises(TypeError, match="^dbname: given both"):
+    with pytest.raises(TypeError, match=r"^dbname: given both"):
         PooledPg(0, 0, 0, False, None, None, None, "test", dbname="test")
 
 
