@@ -18,6 +18,7 @@ import weakref
 from typing import Protocol
 
 from .errors import PoolTimeoutError
+from .stats import BudgetStats
 
 __all__ = ["ServerBudget"]
 
@@ -144,8 +145,8 @@ class ServerBudget:
         self._cond = threading.Condition(threading.Lock())
         self._used = 0
 
-    def stats(self) -> dict[str, int | str]:
-        """``used``, ``max_connections``, ``peak``, ``steals``, ``waits``, ``timeouts``."""
+    def stats(self) -> BudgetStats:
+        """A snapshot of the budget (see :class:`~pgregistry.stats.BudgetStats`)."""
         with self._cond:
             return {
                 "name": self.name,

@@ -15,12 +15,13 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from .budget import ServerBudget
 from .errors import PoolClosedError, UnknownPoolError
 from .maintenance import Maintenance, Task
-from .pool import PooledPg, PooledPgConnection, PoolStats
+from .pool import PooledPg, PooledPgConnection
+from .stats import RegistryStats
 from .tenants import TenantPools
 
 if TYPE_CHECKING:
@@ -31,17 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Registry", "RegistryStats", "ReloadResult", "default_registry"]
 
 _log = logging.getLogger("pgregistry.registry")
-
-
-class RegistryStats(TypedDict):
-    """What :meth:`Registry.stats` returns."""
-
-    #: Each built pool's stats, by pool name.
-    pools: dict[str, PoolStats]
-    #: Each tenant template's pools' stats, by template name, then tenant key.
-    tenants: dict[str, dict[str, PoolStats]]
-    #: Each server budget: used, max_connections, peak, steals, waits, timeouts, pools.
-    servers: dict[str, dict[str, int | str]]
 
 
 @dataclass(frozen=True)
