@@ -35,11 +35,13 @@ def test_blocked_task_does_not_delay_another_task() -> None:
     target = _Target()
     blocking = threading.Event()
     release = threading.Event()
+    finished = threading.Event()
     other_runs = 0
 
     def blocker(_: object) -> bool:
         blocking.set()
-        release.wait(2.0)  # a blackholed server: stuck in I/O
+        release.wait(15.0)  # a blackholed server: stuck in I/O until released
+        finished.set()
         return False
 
     def other(_: object) -> None:
@@ -52,7 +54,7 @@ def test_blocked_task_does_not_delay_another_task() -> None:
         maint.add(Task(target, other, 0.01, "other"), delay=0)
         # While the blocker is stuck, the other task keeps its schedule.
         assert _wait_for(lambda: other_runs >= 20)
-        assert not release.is_set()
+        assert not finished.is_set()
     finally:
         release.set()
         maint.stop()
