@@ -10,10 +10,11 @@ One maintenance thread serves every pool of a registry.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -28,7 +29,18 @@ if TYPE_CHECKING:
     # the rest of the package, and a program that uses PooledPg alone never needs it.
     from .config import PoolSettings, Settings, TenantSettings
 
-__all__ = ["Registry", "RegistryStats", "ReloadResult", "default_registry"]
+__all__ = [
+    "Registry",
+    "RegistryStats",
+    "ReloadResult",
+    "close",
+    "connection",
+    "default_registry",
+    "get",
+    "reload",
+    "stats",
+    "transaction",
+]
 
 _log = logging.getLogger("pgregistry.registry")
 
@@ -148,6 +160,27 @@ class Registry:
                 attempts -= 1
                 if self._closed or not attempts:
                     raise
+
+    @contextlib.contextmanager
+    def transaction(
+        self, name: str | None = None, tenant: str | None = None
+    ) -> Iterator[PooledPgConnection]:
+        """Check out a connection, ``begin()``, and commit on success or roll back on an
+        exception; the connection is given back either way (see :meth:`get` for the arguments).
+
+        ``with registry.transaction("billing") as db: db.insert(...)``
+        """
+        conn = self.connection(name, tenant)
+        try:
+            conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            conn.close()
 
     def _resolve(self, name: str | None, settings: Settings) -> str:
         if name is None:
@@ -384,8 +417,63 @@ def _templates(settings: Settings) -> str:
     return f"; tenant templates (use tenant=): {_listing(settings.tenants)}"
 
 
-#: The process-wide registry behind ``pgregistry.registry``, ``pgregistry.get()`` and
-#: ``pgregistry.connection()``: it reads ``PGPOOLS_CONFIG`` (or ``./pgpools.toml``) and the
-#: environment on first use, and closes at interpreter exit.
+#: The process-wide registry behind ``pgregistry.default_registry`` and the module functions
+#: below (``pgregistry.get()``, ``connection()``, ``transaction()``): it reads
+#: ``PGPOOLS_CONFIG`` (or ``./pgpools.toml``) and the environment on first use, and closes at
+#: interpreter exit.
 default_registry: Registry = Registry(loader=_load_settings)
 atexit.register(default_registry.close)
+
+
+# The module functions take exactly the arguments of the Registry methods they delegate to
+# (tests/unit/test_registry_unit.py compares the signatures).
+
+
+def get(name: str | None = None, tenant: str | None = None) -> PooledPg:
+    """:meth:`Registry.get` on the process-wide :data:`default_registry`."""
+    return default_registry.get(name, tenant)
+
+
+def connection(name: str | None = None, tenant: str | None = None) -> PooledPgConnection:
+    """:meth:`Registry.connection` on the process-wide :data:`default_registry`."""
+    return default_registry.connection(name, tenant)
+
+
+@contextlib.contextmanager
+def transaction(
+    name: str | None = None, tenant: str | None = None
+) -> Iterator[PooledPgConnection]:
+    """:meth:`Registry.transaction` on the process-wide :data:`default_registry`."""
+    with default_registry.transaction(name, tenant) as conn:
+        yield conn
+
+
+def stats() -> RegistryStats:
+    """:meth:`Registry.stats` on the process-wide :data:`default_registry`."""
+    return default_registry.stats()
+
+
+def reload(settings: Settings | None = None) -> ReloadResult:
+    """:meth:`Registry.reload` on the process-wide :data:`default_registry`."""
+    return default_registry.reload(settings)
+
+
+def close() -> None:
+    """:meth:`Registry.close` on the process-wide :data:`default_registry`."""
+    default_registry.close()
+
+
+def __getattr__(attr: str) -> Any:
+    # Migration: pgregistry.registry used to be the instance; its other public attributes
+    # (settings, names, closed, ...) still answer, with a DeprecationWarning.
+    if not attr.startswith("_") and hasattr(Registry, attr):
+        import warnings
+
+        warnings.warn(
+            f"pgregistry.registry.{attr}: pgregistry.registry is the module now; "
+            f"use pgregistry.default_registry.{attr}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(default_registry, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -493,7 +493,9 @@ CHILD = """
 import logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 import pgregistry
-assert "built=[]" in repr(pgregistry.registry), repr(pgregistry.registry)
+assert "built=[]" in repr(pgregistry.default_registry), repr(pgregistry.default_registry)
+import pgregistry.registry as m
+assert type(m).__name__ == "module" and m.default_registry is pgregistry.default_registry
 os.environ["PGPOOLS_CONFIG"] = sys.argv[1]   # read on first use, not at import
 db = pgregistry.connection()
 print("default", db.query("SELECT pg_backend_pid()").getresult()[0][0], flush=True)

@@ -265,3 +265,35 @@ def test_importing_the_package_for_pooledpg_alone_does_not_import_pydantic() -> 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- names: the module pgregistry.registry and the instance pgregistry.default_registry --------
+
+
+def test_registry_name_is_the_module_and_the_instance_is_default_registry() -> None:
+    import importlib
+    import inspect as _inspect
+
+    import pgregistry
+    import pgregistry.registry as module
+
+    assert _inspect.ismodule(module)
+    assert pgregistry.registry is importlib.import_module("pgregistry.registry")
+    assert isinstance(pgregistry.default_registry, pgregistry.Registry)
+    assert module.default_registry is pgregistry.default_registry
+
+
+@pytest.mark.parametrize(
+    "func", ["get", "connection", "transaction", "stats", "reload", "close"]
+)
+def test_module_functions_take_the_registry_methods_arguments(func: str) -> None:
+    import inspect as _inspect
+
+    import pgregistry
+    import pgregistry.registry as module
+
+    method = _inspect.signature(getattr(pgregistry.Registry, func))
+    params = list(method.parameters.values())[1:]  # without self
+    assert _inspect.signature(getattr(module, func)) == method.replace(parameters=params)
+    if hasattr(pgregistry, func):
+        assert getattr(pgregistry, func) is getattr(module, func)
