@@ -14,11 +14,13 @@ import contextlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from .budget import ServerBudget
+from .conninfo import redact
 from .errors import PoolClosedError, UnknownPoolError
 from .maintenance import Maintenance, Task
 from .pool import PooledPg, PooledPgConnection, PoolStats
@@ -54,6 +56,8 @@ class RegistryStats(TypedDict):
     tenants: dict[str, dict[str, PoolStats]]
     #: Each server budget: used, max_connections, peak, steals, waits, timeouts, pools.
     servers: dict[str, dict[str, int | str]]
+    #: Tenant pools closed so far for max_pools or idle_pool_timeout, by template name.
+    tenants_evicted: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,13 @@ class Registry:
         self._budgets: dict[str, ServerBudget] = {}
         self._maintenance = Maintenance("pgregistry-maintenance")
         self._closed = False
+        _REGISTRIES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives: a lock another thread held (a builder inside a
+        # pool build) would stay held for good, and get() would block forever.
+        self._lock = threading.Lock()
+        self._build_locks = {}
 
     @classmethod
     def from_config(
@@ -274,7 +285,16 @@ class Registry:
         with lock:  # one builder per pool; the others wait here, then find it built
             pool = self._pools.get(real)
             if pool is None:
-                pool = self._new_pool(settings, settings.pools[real])
+                try:
+                    pool = self._new_pool(settings, settings.pools[real])
+                except Exception as exc:
+                    _log.warning(
+                        "pool %r: build failed: %s: %s",
+                        real,
+                        type(exc).__name__,
+                        redact(str(exc)),
+                    )
+                    raise
                 with self._lock:
                     # Closed or reloaded while building: never publish a stale pool.
                     published = not self._closed and self._settings is settings
@@ -381,6 +401,7 @@ class Registry:
             },
             "tenants": {n: g.stats() for n, g in sorted(self._tenants.items())},
             "servers": {n: b.stats() for n, b in sorted(self._budgets.items())},
+            "tenants_evicted": {n: g.evicted for n, g in sorted(self._tenants.items())},
         }
 
     def __enter__(self) -> Registry:
@@ -421,6 +442,16 @@ def _templates(settings: Settings) -> str:
 #: below (``pgregistry.get()``, ``connection()``, ``transaction()``): it reads
 #: ``PGPOOLS_CONFIG`` (or ``./pgpools.toml``) and the environment on first use, and closes at
 #: interpreter exit.
+_REGISTRIES: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_REGISTRIES):
+        registry._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 default_registry: Registry = Registry(loader=_load_settings)
 atexit.register(default_registry.close)
 

@@ -297,3 +297,71 @@ def test_module_functions_take_the_registry_methods_arguments(func: str) -> None
     assert _inspect.signature(getattr(module, func)) == method.replace(parameters=params)
     if hasattr(pgregistry, func):
         assert getattr(pgregistry, func) is getattr(module, func)
+
+
+# -- fork safety (#11) --------------------------------------------------------------------------
+
+
+def test_child_forked_during_a_pool_build_does_not_deadlock_in_get(
+    registries: list[Registry],
+) -> None:
+    import os
+    import time
+
+    registry = make(registries, settings({"a": {}}))
+    parent = os.getpid()
+    inside = threading.Event()
+    release = threading.Event()
+    real_new_pool = registry._new_pool
+
+    def slow_new_pool(*args: Any, **kwargs: Any) -> Any:
+        # Stands in for a slow connect inside the build (no server can be held there on cue).
+        if os.getpid() == parent:
+            inside.set()
+            release.wait(10)
+        return real_new_pool(*args, **kwargs)
+
+    registry._new_pool = slow_new_pool  # type: ignore[method-assign]
+    builder = threading.Thread(target=registry.get, args=("a",), daemon=True)
+    builder.start()
+    try:
+        assert inside.wait(5)  # the builder holds the build lock of "a" now
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                code = 0 if registry.get("a").name == "a" else 2
+                registry.close()
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the child forked during a pool build hung in get()")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        builder.join(10)
+
+
+def test_failed_build_is_logged_with_the_pool_name(
+    registries: list[Registry], caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = make(
+        registries, settings({"a": {"mincached": 1, "password": "s3cr3t-pw"}})
+    )
+
+    with caplog.at_level(logging.WARNING, logger="pgregistry.registry"):
+        with pytest.raises(Exception):
+            registry.get("a")
+
+    failures = [r for r in caplog.records if "build failed" in r.getMessage()]
+    assert failures and failures[0].levelno == logging.WARNING
+    assert "pool 'a'" in failures[0].getMessage()
+    assert "s3cr3t-pw" not in caplog.text
