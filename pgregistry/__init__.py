@@ -59,8 +59,7 @@ __all__ = [
 
 # ``pgregistry.registry`` is the module (its functions get/connection/transaction/stats/
 # reload/close use the process-wide registry); the instance is ``pgregistry.default_registry``.
-from . import registry  # noqa: E402
-
+from . import registry
 
 # Libraries log; applications decide where the records go.
 logging.getLogger("pgregistry").addHandler(logging.NullHandler())

@@ -12,10 +12,10 @@ import pg
 
 __all__ = [
     "ConfigError",
-    "PgRegistryError",
     "ConnectionLostError",
     "InvalidConnectionError",
     "InvalidTenantError",
+    "PgRegistryError",
     "PoolClosedError",
     "PoolTimeoutError",
     "PooledPgError",

@@ -99,6 +99,8 @@ class Registry:
         self._budgets: dict[str, ServerBudget] = {}
         self._maintenance = Maintenance("pgregistry-maintenance")
         self._closed = False
+        # Applied to every pool built from now on (see observe()).
+        self._observer_factory: Callable[[PooledPg], Any] | None = None
         _REGISTRIES.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -256,11 +258,38 @@ class Registry:
         kwargs: dict[str, Any] = pool_settings.pool_kwargs()
         if name is not None:
             kwargs["name"] = name
-        return PooledPg(
+        pool = PooledPg(
             maintenance=self._maintenance,
             budget=self._budget(settings, pool_settings),
             **kwargs,
         )
+        factory = self._observer_factory
+        if factory is not None:
+            self._attach(pool, factory)
+        return pool
+
+    def observe(self, factory: Callable[[PooledPg], Any] | None) -> None:
+        """Attach ``factory(pool)``'s observer to every built pool and every pool built later.
+
+        Tenant pools included. ``factory`` may return None to leave a pool unobserved;
+        ``observe(None)`` detaches the observers of every pool. Calls ``PooledPg.observe()``.
+        """
+        with self._lock:
+            self._observer_factory = factory
+            pools = {id(p): p for p in self._pools.values()}
+            groups = list(self._tenants.values())
+        for group in groups:
+            for pool in group.pools():
+                pools[id(pool)] = pool
+        for pool in pools.values():
+            self._attach(pool, factory)
+
+    @staticmethod
+    def _attach(pool: PooledPg, factory: Callable[[PooledPg], Any] | None) -> None:
+        observe = getattr(pool, "observe", None)
+        if observe is None:
+            raise TypeError("PooledPg.observe() is missing: this pgregistry has no observer hook")
+        observe(None if factory is None else factory(pool))
 
     def _budget(self, settings: Settings, pool_settings: PoolSettings) -> ServerBudget | None:
         server = settings.server_of(pool_settings)
@@ -471,9 +500,7 @@ def connection(name: str | None = None, tenant: str | None = None) -> PooledPgCo
 
 
 @contextlib.contextmanager
-def transaction(
-    name: str | None = None, tenant: str | None = None
-) -> Iterator[PooledPgConnection]:
+def transaction(name: str | None = None, tenant: str | None = None) -> Iterator[PooledPgConnection]:
     """:meth:`Registry.transaction` on the process-wide :data:`default_registry`."""
     with default_registry.transaction(name, tenant) as conn:
         yield conn

@@ -203,6 +203,10 @@ class TenantPools:
             _log.info("tenant template %r: closed the idle pool of %r", self.name, key)
         return True
 
+    def pools(self) -> list[PooledPg]:
+        """The tenant pools that exist now."""
+        return [entry.pool for entry in list(self._entries.values())]
+
     def keys(self) -> list[str]:
         """Tenant keys that have a pool now, sorted."""
         return sorted(self._entries)

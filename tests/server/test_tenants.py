@@ -497,3 +497,53 @@ def test_the_tenants_example_runs_and_cleans_up(
     ).getresult()[0][0]
     assert left == 0
     assert count_like(monitor, app_name) == 0
+
+
+# -- observers (Registry.observe) -----------------------------------------------------------------
+
+
+def test_tenant_pool_built_after_observe_gets_an_observer(
+    world: World,
+    app_name: str,
+    make_registry: Callable[..., Registry],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Record what reaches PooledPg.observe (helper "pool" adds the method; until then this
+    # records the registry side alone), and pass it on when the real method exists.
+    seen: list[tuple[str, object]] = []
+    original = getattr(PooledPg, "observe", None)
+
+    def observe(pool: PooledPg, observer: object) -> None:
+        seen.append((pool.name, observer))
+        if original is not None:
+            original(pool, observer)
+
+    monkeypatch.setattr(PooledPg, "observe", observe, raising=False)
+    reg = make_registry({"tenants": {"shop": shop(world, app_name)}})
+    before = reg.get("shop", tenant="acme")
+    observers: dict[str, object] = {}
+
+    def factory(pool: PooledPg) -> object:
+        observers[pool.name] = object()
+        return observers[pool.name]
+
+    reg.observe(factory)
+    assert seen == [(before.name, observers[before.name])]
+    after = reg.get("shop", tenant="globex")
+    with reg.connection("shop", tenant="globex") as db:
+        assert db.query("SELECT 1").getresult() == [(1,)]
+    assert (after.name, observers["shop.globex"]) in seen
+    reg.observe(None)
+    assert seen[-2:] in (
+        [("shop.acme", None), ("shop.globex", None)],
+        [("shop.globex", None), ("shop.acme", None)],
+    )
+
+
+def test_evicted_tenant_pools_show_in_registry_stats(
+    world: World, app_name: str, make_registry: Callable[..., Registry]
+) -> None:
+    reg = make_registry({"tenants": {"any": plain(world, app_name, max_pools=1)}})
+    reg.get("any", tenant="first")
+    reg.get("any", tenant="second")  # max_pools 1: the idle pool of "first" makes room
+    assert reg.stats()["tenants_evicted"] == {"any": 1}

@@ -13,8 +13,7 @@ import pgregistry.errors
 _PUBLIC = [
     obj
     for name in pgregistry.errors.__all__
-    if inspect.isclass(obj := getattr(pgregistry.errors, name))
-    and issubclass(obj, BaseException)
+    if inspect.isclass(obj := getattr(pgregistry.errors, name)) and issubclass(obj, BaseException)
 ]
 
 # Bases that code written against PyGreSQL or the builtins relies on.

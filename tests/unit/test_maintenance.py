@@ -115,8 +115,13 @@ def test_idle_workers_end() -> None:
     maint = Maintenance("test-maint", worker_idle=0.05)
     done = threading.Event()
     target = _Target()
+
+    def once(_: object) -> bool:
+        done.set()
+        return False
+
     try:
-        maint.add(Task(target, lambda _: done.set() or False, 1.0, "once"), delay=0)
+        maint.add(Task(target, once, 1.0, "once"), delay=0)
         assert done.wait(5)
         assert _wait_for(lambda: maint.workers == 0)
     finally:
@@ -215,10 +220,7 @@ def test_fork_child_starts_clean_and_restarts_on_use() -> None:
                 names = [t.name for t in threading.enumerate()]
                 if not any(n.startswith("test-maint-fork") for n in names) and not maint.running:
                     maint.add(Task(target, count, 0.01, "count"), delay=0)
-                    if _wait_for(lambda: child_runs >= 3, 5):
-                        status = 0
-                    else:
-                        status = 3
+                    status = 0 if _wait_for(lambda: child_runs >= 3, 5) else 3
                 else:
                     status = 2
                 maint.stop(timeout=1)

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from pgregistry import ConfigError, PoolClosedError, Registry, ReloadResult, UnknownPoolError
+from pgregistry import (
+    ConfigError,
+    PoolClosedError,
+    Registry,
+    ReloadResult,
+    ServerUnavailableError,
+    UnknownPoolError,
+)
 from pgregistry.config import Settings, settings_from_mapping
 
 TARGET = {"host": "127.0.0.1", "port": 1, "dbname": "nowhere", "connect_timeout": 1}
@@ -283,9 +290,7 @@ def test_registry_name_is_the_module_and_the_instance_is_default_registry() -> N
     assert module.default_registry is pgregistry.default_registry
 
 
-@pytest.mark.parametrize(
-    "func", ["get", "connection", "transaction", "stats", "reload", "close"]
-)
+@pytest.mark.parametrize("func", ["get", "connection", "transaction", "stats", "reload", "close"])
 def test_module_functions_take_the_registry_methods_arguments(func: str) -> None:
     import inspect as _inspect
 
@@ -353,13 +358,13 @@ def test_child_forked_during_a_pool_build_does_not_deadlock_in_get(
 def test_failed_build_is_logged_with_the_pool_name(
     registries: list[Registry], caplog: pytest.LogCaptureFixture
 ) -> None:
-    registry = make(
-        registries, settings({"a": {"mincached": 1, "password": "s3cr3t-pw"}})
-    )
+    registry = make(registries, settings({"a": {"mincached": 1, "password": "s3cr3t-pw"}}))
 
-    with caplog.at_level(logging.WARNING, logger="pgregistry.registry"):
-        with pytest.raises(Exception):
-            registry.get("a")
+    with (
+        caplog.at_level(logging.WARNING, logger="pgregistry.registry"),
+        pytest.raises(ServerUnavailableError),
+    ):
+        registry.get("a")
 
     failures = [r for r in caplog.records if "build failed" in r.getMessage()]
     assert failures and failures[0].levelno == logging.WARNING
