@@ -307,13 +307,16 @@ def test_module_functions_take_the_registry_methods_arguments(func: str) -> None
 # -- fork safety (#11) --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("name", "tenant"), [("a", None), ("t", "acme")])
 def test_child_forked_during_a_pool_build_does_not_deadlock_in_get(
-    registries: list[Registry],
+    registries: list[Registry], name: str, tenant: str | None
 ) -> None:
     import os
     import time
 
-    registry = make(registries, settings({"a": {}}))
+    data: dict[str, Any] = {"defaults": TARGET, "pools": {"a": {}}}
+    data["tenants"] = {"t": {"dbname": "db_{tenant}"}}
+    registry = make(registries, settings_from_mapping(data, source="test"))
     parent = os.getpid()
     inside = threading.Event()
     release = threading.Event()
@@ -327,7 +330,7 @@ def test_child_forked_during_a_pool_build_does_not_deadlock_in_get(
         return real_new_pool(*args, **kwargs)
 
     registry._new_pool = slow_new_pool  # type: ignore[method-assign]
-    builder = threading.Thread(target=registry.get, args=("a",), daemon=True)
+    builder = threading.Thread(target=registry.get, args=(name, tenant), daemon=True)
     builder.start()
     try:
         assert inside.wait(5)  # the builder holds the build lock of "a" now
@@ -335,7 +338,8 @@ def test_child_forked_during_a_pool_build_does_not_deadlock_in_get(
         if pid == 0:  # pragma: no cover - the child reports through its exit status
             code = 1
             try:
-                code = 0 if registry.get("a").name == "a" else 2
+                expected = name if tenant is None else f"{name}.{tenant}"
+                code = 0 if registry.get(name, tenant).name == expected else 2
                 registry.close()
             finally:
                 os._exit(code)
