@@ -13,6 +13,7 @@ from .errors import (
     ConnectionLostError,
     InvalidConnectionError,
     InvalidTenantError,
+    PgRegistryError,
     PoolClosedError,
     PooledPgError,
     PoolTimeoutError,
@@ -23,8 +24,7 @@ from .errors import (
 from .maintenance import Maintenance
 from .policies import PingPolicy, ResetPolicy
 from .pool import PooledPg, PooledPgConnection, PoolStats
-from .registry import Registry, ReloadResult
-from .registry import default_registry as registry
+from .registry import Registry, ReloadResult, connection, default_registry, get, transaction
 from .steady import SteadyPgConnection
 
 __version__ = "0.1.0"
@@ -35,6 +35,7 @@ __all__ = [
     "InvalidConnectionError",
     "InvalidTenantError",
     "Maintenance",
+    "PgRegistryError",
     "PingPolicy",
     "PoolClosedError",
     "PoolStats",
@@ -50,21 +51,15 @@ __all__ = [
     "TooManyConnectionsError",
     "UnknownPoolError",
     "connection",
+    "default_registry",
     "get",
     "registry",
+    "transaction",
 ]
 
-
-def get(name: str | None = None) -> PooledPg:
-    """The pool ``name`` of the process-wide registry (configured from ``PGPOOLS_CONFIG`` or
-    ``./pgpools.toml`` and the environment on first use)."""
-    return registry.get(name)
-
-
-def connection(name: str | None = None) -> PooledPgConnection:
-    """A connection from the pool ``name`` of the process-wide registry."""
-    return registry.connection(name)
-
+# ``pgregistry.registry`` is the module (its functions get/connection/transaction/stats/
+# reload/close use the process-wide registry); the instance is ``pgregistry.default_registry``.
+from . import registry
 
 # Libraries log; applications decide where the records go.
 logging.getLogger("pgregistry").addHandler(logging.NullHandler())

@@ -3,7 +3,7 @@
 Pool errors keep the names of the original PooledPg with an ``Error`` suffix. Errors about the
 database itself stay PyGreSQL's own (``pg.Error`` and its subclasses); the two classes here that
 describe a lost or unreachable server subclass ``pg.OperationalError`` so that code catching
-PyGreSQL's exceptions keeps working.
+PyGreSQL's exceptions keeps working. Every class here derives from :class:`PgRegistryError`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ __all__ = [
     "ConnectionLostError",
     "InvalidConnectionError",
     "InvalidTenantError",
+    "PgRegistryError",
     "PoolClosedError",
     "PoolTimeoutError",
     "PooledPgError",
@@ -24,7 +25,11 @@ __all__ = [
 ]
 
 
-class PooledPgError(Exception):
+class PgRegistryError(Exception):
+    """Root of every exception pgregistry defines: ``except PgRegistryError`` catches them all."""
+
+
+class PooledPgError(PgRegistryError):
     """Base class of every error a pool raises about itself (not about the database)."""
 
 
@@ -56,7 +61,7 @@ class InvalidTenantError(PooledPgError, ValueError):
     """A tenant key does not match the allowed pattern; nothing was sent to any server."""
 
 
-class ConfigError(ValueError):
+class ConfigError(PgRegistryError, ValueError):
     """The configuration is invalid; the message lists every problem by its path."""
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
@@ -66,15 +71,16 @@ class ConfigError(ValueError):
 
 # PyGreSQL reports a failed connect as pg.InternalError. SPEC asks for an OperationalError; the
 # class keeps InternalError as a second base so code written against PyGreSQL still catches it.
-class ServerUnavailableError(pg.OperationalError, pg.InternalError):
+class ServerUnavailableError(pg.OperationalError, pg.InternalError, PgRegistryError):
     """The server could not be reached; the message is libpq's, with any password removed."""
 
 
-class ConnectionLostError(pg.OperationalError):
+class ConnectionLostError(pg.OperationalError, PgRegistryError):
     """The connection to the server was lost where it could not be reopened transparently."""
 
 
 for _cls in (
+    PgRegistryError,
     PooledPgError,
     InvalidConnectionError,
     TooManyConnectionsError,

@@ -10,18 +10,21 @@ One maintenance thread serves every pool of a registry.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .budget import ServerBudget
+from .conninfo import redact
 from .errors import PoolClosedError, UnknownPoolError
 from .maintenance import Maintenance, Task
 from .pool import PooledPg, PooledPgConnection
-from .stats import RegistryStats
+from .stats import PoolObserver, RegistryStats
 from .tenants import TenantPools
 
 if TYPE_CHECKING:
@@ -29,9 +32,24 @@ if TYPE_CHECKING:
     # the rest of the package, and a program that uses PooledPg alone never needs it.
     from .config import PoolSettings, Settings, TenantSettings
 
-__all__ = ["Registry", "RegistryStats", "ReloadResult", "default_registry"]
+__all__ = [
+    "Registry",
+    "RegistryStats",
+    "ReloadResult",
+    "close",
+    "connection",
+    "default_registry",
+    "get",
+    "reload",
+    "stats",
+    "transaction",
+]
 
 _log = logging.getLogger("pgregistry.registry")
+
+
+#: Makes the observer of one pool (see :meth:`Registry.observe`); None leaves it unobserved.
+ObserverFactory = Callable[[PooledPg], PoolObserver | None]
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,15 @@ class Registry:
         self._budgets: dict[str, ServerBudget] = {}
         self._maintenance = Maintenance("pgregistry-maintenance")
         self._closed = False
+        # Applied to every pool built from now on (see observe()).
+        self._observer_factory: ObserverFactory | None = None
+        _REGISTRIES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives: a lock another thread held (a builder inside a
+        # pool build) would stay held for good, and get() would block forever.
+        self._lock = threading.Lock()
+        self._build_locks = {}
 
     @classmethod
     def from_config(
@@ -139,6 +166,27 @@ class Registry:
                 if self._closed or not attempts:
                     raise
 
+    @contextlib.contextmanager
+    def transaction(
+        self, name: str | None = None, tenant: str | None = None
+    ) -> Iterator[PooledPgConnection]:
+        """Check out a connection, ``begin()``, and commit on success or roll back on an
+        exception; the connection is given back either way (see :meth:`get` for the arguments).
+
+        ``with registry.transaction("billing") as db: db.insert(...)``
+        """
+        conn = self.connection(name, tenant)
+        try:
+            conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            conn.close()
+
     def _resolve(self, name: str | None, settings: Settings) -> str:
         if name is None:
             default = settings.default or ("default" if "default" in settings.pools else None)
@@ -202,11 +250,35 @@ class Registry:
         kwargs: dict[str, Any] = pool_settings.pool_kwargs()
         if name is not None:
             kwargs["name"] = name
-        return PooledPg(
+        pool = PooledPg(
             maintenance=self._maintenance,
             budget=self._budget(settings, pool_settings),
             **kwargs,
         )
+        factory = self._observer_factory
+        if factory is not None:
+            self._attach(pool, factory)
+        return pool
+
+    def observe(self, factory: ObserverFactory | None) -> None:
+        """Attach ``factory(pool)``'s observer to every built pool and every pool built later.
+
+        Tenant pools included. ``factory`` may return None to leave a pool unobserved;
+        ``observe(None)`` detaches the observers of every pool. Calls ``PooledPg.observe()``.
+        """
+        with self._lock:
+            self._observer_factory = factory
+            pools = {id(p): p for p in self._pools.values()}
+            groups = list(self._tenants.values())
+        for group in groups:
+            for pool in group.pools():
+                pools[id(pool)] = pool
+        for pool in pools.values():
+            self._attach(pool, factory)
+
+    @staticmethod
+    def _attach(pool: PooledPg, factory: ObserverFactory | None) -> None:
+        pool.observe(None if factory is None else factory(pool))
 
     def _budget(self, settings: Settings, pool_settings: PoolSettings) -> ServerBudget | None:
         server = settings.server_of(pool_settings)
@@ -231,7 +303,16 @@ class Registry:
         with lock:  # one builder per pool; the others wait here, then find it built
             pool = self._pools.get(real)
             if pool is None:
-                pool = self._new_pool(settings, settings.pools[real])
+                try:
+                    pool = self._new_pool(settings, settings.pools[real])
+                except Exception as exc:
+                    _log.warning(
+                        "pool %r: build failed: %s: %s",
+                        real,
+                        type(exc).__name__,
+                        redact(str(exc)),
+                    )
+                    raise
                 with self._lock:
                     # Closed or reloaded while building: never publish a stale pool.
                     published = not self._closed and self._settings is settings
@@ -338,6 +419,7 @@ class Registry:
             },
             "tenants": {n: g.stats() for n, g in sorted(self._tenants.items())},
             "servers": {n: b.stats() for n, b in sorted(self._budgets.items())},
+            "tenants_evicted": {n: g.evicted for n, g in sorted(self._tenants.items())},
         }
 
     def __enter__(self) -> Registry:
@@ -374,8 +456,71 @@ def _templates(settings: Settings) -> str:
     return f"; tenant templates (use tenant=): {_listing(settings.tenants)}"
 
 
-#: The process-wide registry behind ``pgregistry.registry``, ``pgregistry.get()`` and
-#: ``pgregistry.connection()``: it reads ``PGPOOLS_CONFIG`` (or ``./pgpools.toml``) and the
-#: environment on first use, and closes at interpreter exit.
+#: The process-wide registry behind ``pgregistry.default_registry`` and the module functions
+#: below (``pgregistry.get()``, ``connection()``, ``transaction()``): it reads
+#: ``PGPOOLS_CONFIG`` (or ``./pgpools.toml``) and the environment on first use, and closes at
+#: interpreter exit.
+_REGISTRIES: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_REGISTRIES):
+        registry._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 default_registry: Registry = Registry(loader=_load_settings)
 atexit.register(default_registry.close)
+
+
+# The module functions take exactly the arguments of the Registry methods they delegate to
+# (tests/unit/test_registry_unit.py compares the signatures).
+
+
+def get(name: str | None = None, tenant: str | None = None) -> PooledPg:
+    """:meth:`Registry.get` on the process-wide :data:`default_registry`."""
+    return default_registry.get(name, tenant)
+
+
+def connection(name: str | None = None, tenant: str | None = None) -> PooledPgConnection:
+    """:meth:`Registry.connection` on the process-wide :data:`default_registry`."""
+    return default_registry.connection(name, tenant)
+
+
+@contextlib.contextmanager
+def transaction(name: str | None = None, tenant: str | None = None) -> Iterator[PooledPgConnection]:
+    """:meth:`Registry.transaction` on the process-wide :data:`default_registry`."""
+    with default_registry.transaction(name, tenant) as conn:
+        yield conn
+
+
+def stats() -> RegistryStats:
+    """:meth:`Registry.stats` on the process-wide :data:`default_registry`."""
+    return default_registry.stats()
+
+
+def reload(settings: Settings | None = None) -> ReloadResult:
+    """:meth:`Registry.reload` on the process-wide :data:`default_registry`."""
+    return default_registry.reload(settings)
+
+
+def close() -> None:
+    """:meth:`Registry.close` on the process-wide :data:`default_registry`."""
+    default_registry.close()
+
+
+def __getattr__(attr: str) -> Any:
+    # Migration: pgregistry.registry used to be the instance; its other public attributes
+    # (settings, names, closed, ...) still answer, with a DeprecationWarning.
+    if not attr.startswith("_") and hasattr(Registry, attr):
+        import warnings
+
+        warnings.warn(
+            f"pgregistry.registry.{attr}: pgregistry.registry is the module now; "
+            f"use pgregistry.default_registry.{attr}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(default_registry, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -119,6 +119,8 @@ class RegistryStats(TypedDict):
     tenants: dict[str, dict[str, PoolStats]]
     #: Each server budget, by server name.
     servers: dict[str, BudgetStats]
+    #: Tenant pools closed so far for max_pools or idle_pool_timeout, by template name.
+    tenants_evicted: dict[str, int]
 
 
 class PoolObserver(Protocol):

@@ -14,8 +14,10 @@ number of tenants.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -74,6 +76,14 @@ class TenantPools:
         self._reserved = 0  # places taken by pools being built
         self._evicted = 0
         self._closed = False
+        _GROUPS.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives: locks held by other threads (a builder inside a
+        # tenant pool build) would stay held for good. Builds in flight did not happen here.
+        self._lock = threading.Lock()
+        self._building = {}
+        self._reserved = 0
 
     def get(self, key: str) -> PooledPg:
         """The pool of tenant ``key``, built on first use (once, even under concurrent calls).
@@ -193,6 +203,10 @@ class TenantPools:
             _log.info("tenant template %r: closed the idle pool of %r", self.name, key)
         return True
 
+    def pools(self) -> list[PooledPg]:
+        """The tenant pools that exist now."""
+        return [entry.pool for entry in list(self._entries.values())]
+
     def keys(self) -> list[str]:
         """Tenant keys that have a pool now, sorted."""
         return sorted(self._entries)
@@ -217,3 +231,14 @@ class TenantPools:
 
     def __repr__(self) -> str:
         return f"<TenantPools {self.name!r} pools={len(self._entries)}>"
+
+
+_GROUPS: weakref.WeakSet[TenantPools] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for group in list(_GROUPS):
+        group._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

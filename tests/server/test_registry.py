@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pg
 import pytest
 
 from pgregistry import (
@@ -189,6 +190,29 @@ def test_connection_checks_out_from_the_named_pool(setup: Setup) -> None:
         assert name == setup.app("reports")
         assert registry.get("reports").stats()["in_use"] == 1
     assert registry.get("reports").stats()["in_use"] == 0
+
+
+def test_transaction_commits_on_success_and_gives_the_connection_back(setup: Setup) -> None:
+    registry = setup.registry({"app": {}})
+    table = f"tx_{setup.app('app')}"
+    with registry.connection("app") as db:
+        db.query(f"CREATE TABLE IF NOT EXISTS {table} (v int)")
+        db.query(f"TRUNCATE {table}")
+    try:
+        with registry.transaction("app") as db:
+            db.query(f"INSERT INTO {table} VALUES (1)")
+            assert db.transaction() != pg.TRANS_IDLE  # begun
+            assert registry.get("app").stats()["in_use"] == 1
+        assert registry.get("app").stats()["in_use"] == 0
+        with pytest.raises(ZeroDivisionError), registry.transaction("app") as db:
+            db.query(f"INSERT INTO {table} VALUES (2)")
+            raise ZeroDivisionError
+        assert registry.get("app").stats()["in_use"] == 0
+        with registry.connection("app") as db:
+            assert db.query(f"SELECT v FROM {table}").getresult() == [(1,)]
+    finally:
+        with registry.connection("app") as db:
+            db.query(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_get_without_a_name_uses_the_pool_named_default(setup: Setup) -> None:
@@ -493,7 +517,9 @@ CHILD = """
 import logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 import pgregistry
-assert "built=[]" in repr(pgregistry.registry), repr(pgregistry.registry)
+assert "built=[]" in repr(pgregistry.default_registry), repr(pgregistry.default_registry)
+import pgregistry.registry as m
+assert type(m).__name__ == "module" and m.default_registry is pgregistry.default_registry
 os.environ["PGPOOLS_CONFIG"] = sys.argv[1]   # read on first use, not at import
 db = pgregistry.connection()
 print("default", db.query("SELECT pg_backend_pid()").getresult()[0][0], flush=True)

@@ -434,7 +434,7 @@ def test_stats_group_tenant_pools_by_template(
     with reg.connection("app") as db:
         db.query("SELECT 1")
     stats = reg.stats()
-    assert set(stats) == {"pools", "tenants", "servers"}
+    assert set(stats) == {"pools", "tenants", "servers", "tenants_evicted"}
     assert list(stats["pools"]) == ["app"]
     assert {t: list(pools) for t, pools in stats["tenants"].items()} == {
         "t": ["a", "b"],
@@ -497,3 +497,57 @@ def test_the_tenants_example_runs_and_cleans_up(
     ).getresult()[0][0]
     assert left == 0
     assert count_like(monitor, app_name) == 0
+
+
+# -- observers (Registry.observe) -----------------------------------------------------------------
+
+
+def test_tenant_pool_built_after_observe_gets_an_observer(
+    world: World,
+    app_name: str,
+    make_registry: Callable[..., Registry],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Counting:
+        def __init__(self) -> None:
+            self.checkouts = 0
+
+        def on_connect(self, seconds: float) -> None:
+            pass
+
+        def on_checkout(self, waited: float) -> None:
+            self.checkouts += 1
+
+        def on_checkin(self, used: float) -> None:
+            pass
+
+        def on_timeout(self) -> None:
+            pass
+
+    reg = make_registry({"tenants": {"shop": shop(world, app_name)}})
+    before = reg.get("shop", tenant="acme")
+    observers: dict[str, Counting] = {}
+
+    def factory(pool: PooledPg) -> Counting:
+        observers[pool.name] = Counting()
+        return observers[pool.name]
+
+    reg.observe(factory)
+    assert list(observers) == [before.name]
+    with reg.connection("shop", tenant="globex") as db:
+        assert db.query("SELECT 1").getresult() == [(1,)]
+    assert observers["shop.globex"].checkouts == 1
+    before.connection().close()
+    assert observers[before.name].checkouts == 1
+    reg.observe(None)
+    before.connection().close()
+    assert observers[before.name].checkouts == 1
+
+
+def test_evicted_tenant_pools_show_in_registry_stats(
+    world: World, app_name: str, make_registry: Callable[..., Registry]
+) -> None:
+    reg = make_registry({"tenants": {"any": plain(world, app_name, max_pools=1)}})
+    reg.get("any", tenant="first")
+    reg.get("any", tenant="second")  # max_pools 1: the idle pool of "first" makes room
+    assert reg.stats()["tenants_evicted"] == {"any": 1}

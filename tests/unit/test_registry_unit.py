@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from pgregistry import ConfigError, PoolClosedError, Registry, ReloadResult, UnknownPoolError
+from pgregistry import (
+    ConfigError,
+    PoolClosedError,
+    Registry,
+    ReloadResult,
+    ServerUnavailableError,
+    UnknownPoolError,
+)
 from pgregistry.config import Settings, settings_from_mapping
 
 TARGET = {"host": "127.0.0.1", "port": 1, "dbname": "nowhere", "connect_timeout": 1}
@@ -265,3 +272,105 @@ def test_importing_the_package_for_pooledpg_alone_does_not_import_pydantic() -> 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- names: the module pgregistry.registry and the instance pgregistry.default_registry --------
+
+
+def test_registry_name_is_the_module_and_the_instance_is_default_registry() -> None:
+    import importlib
+    import inspect as _inspect
+
+    import pgregistry
+    import pgregistry.registry as module
+
+    assert _inspect.ismodule(module)
+    assert pgregistry.registry is importlib.import_module("pgregistry.registry")
+    assert isinstance(pgregistry.default_registry, pgregistry.Registry)
+    assert module.default_registry is pgregistry.default_registry
+
+
+@pytest.mark.parametrize("func", ["get", "connection", "transaction", "stats", "reload", "close"])
+def test_module_functions_take_the_registry_methods_arguments(func: str) -> None:
+    import inspect as _inspect
+
+    import pgregistry
+    import pgregistry.registry as module
+
+    method = _inspect.signature(getattr(pgregistry.Registry, func))
+    params = list(method.parameters.values())[1:]  # without self
+    assert _inspect.signature(getattr(module, func)) == method.replace(parameters=params)
+    if func in pgregistry.__all__:  # pgregistry.stats is the stats module, not this function
+        assert getattr(pgregistry, func) is getattr(module, func)
+
+
+# -- fork safety (#11) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "tenant"), [("a", None), ("t", "acme")])
+def test_child_forked_during_a_pool_build_does_not_deadlock_in_get(
+    registries: list[Registry], name: str, tenant: str | None
+) -> None:
+    import os
+    import time
+
+    data: dict[str, Any] = {"defaults": TARGET, "pools": {"a": {}}}
+    data["tenants"] = {"t": {"dbname": "db_{tenant}"}}
+    registry = make(registries, settings_from_mapping(data, source="test"))
+    parent = os.getpid()
+    inside = threading.Event()
+    release = threading.Event()
+    real_new_pool = registry._new_pool
+
+    def slow_new_pool(*args: Any, **kwargs: Any) -> Any:
+        # Stands in for a slow connect inside the build (no server can be held there on cue).
+        if os.getpid() == parent:
+            inside.set()
+            release.wait(10)
+        return real_new_pool(*args, **kwargs)
+
+    registry._new_pool = slow_new_pool  # type: ignore[method-assign]
+    builder = threading.Thread(target=registry.get, args=(name, tenant), daemon=True)
+    builder.start()
+    try:
+        assert inside.wait(5)  # the builder holds the build lock of "a" now
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                expected = name if tenant is None else f"{name}.{tenant}"
+                code = 0 if registry.get(name, tenant).name == expected else 2
+                registry.close()
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the child forked during a pool build hung in get()")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        builder.join(10)
+
+
+def test_failed_build_is_logged_with_the_pool_name(
+    registries: list[Registry], caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = make(registries, settings({"a": {"mincached": 1, "password": "s3cr3t-pw"}}))
+
+    with (
+        caplog.at_level(logging.WARNING, logger="pgregistry.registry"),
+        pytest.raises(ServerUnavailableError),
+    ):
+        registry.get("a")
+
+    failures = [r for r in caplog.records if "build failed" in r.getMessage()]
+    assert failures and failures[0].levelno == logging.WARNING
+    assert "pool 'a'" in failures[0].getMessage()
+    assert "s3cr3t-pw" not in caplog.text
