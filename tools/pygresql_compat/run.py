@@ -113,6 +113,7 @@ def run_mode(
                 break
             tests[running] = {"outcome": "failed", "message": f"hung: killed after {limit:.0f} s"}
     took = time.monotonic() - started
+    report.write_text(json.dumps({"mode": mode, "running": "", "tests": tests}, indent=1))
     if verbose:
         print(log.read_text())
     return tests, took
@@ -147,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 unless plain has no failure and {TARGETS} pass")
-    parser.add_argument("--limit", type=float, default=30.0,
+    parser.add_argument("--limit", type=float, default=15.0,
                         help="seconds without a finished test before the run is killed as hung "
-                        "(default 30)")
+                        "(default 15)")
     parser.add_argument("--verbose", action="store_true", help="print pytest's output too")
     args = parser.parse_args(argv)
     version = importlib.metadata.version("PyGreSQL")
