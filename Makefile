@@ -10,6 +10,7 @@ help:
 	@echo "make demo        run the example service (starts a throwaway PostgreSQL when none answers)"
 	@echo "make test        the whole test suite (unit, shared server, fault tests on a throwaway cluster)"
 	@echo "make test-quick  everything but the slow fault and soak tests"
+	@echo "make test-pygresql  PyGreSQL's own pg.DB tests: plain, and through a pool (default, discard reset)"
 	@echo "make lint        ruff and mypy --strict"
 	@echo "make bench       benchmarks against DBUtils, psycopg_pool and SQLAlchemy"
 
@@ -27,6 +28,10 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(PY) -m pytest -m 'not slow'
+
+.PHONY: test-pygresql
+test-pygresql: $(STAMP)
+	$(PY) tools/pygresql_compat/run.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pgregistry tests examples benchmarks
