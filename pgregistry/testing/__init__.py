@@ -25,12 +25,15 @@ from .cluster import (
     find_pg_bindir,
     server_answers,
 )
+from .proxy import FaultProxy, ProxyStats
 from .standby import TemporaryStandby, multihost_conninfo, primary_and_standby
 
 __all__ = [
     "BINDIR_ENV",
     "BackendKiller",
     "ClusterError",
+    "FaultProxy",
+    "ProxyStats",
     "StopMode",
     "TemporaryCluster",
     "TemporaryStandby",

@@ -560,7 +560,9 @@ class TemporaryCluster:
         passes. Waits at most ``timeout`` seconds until a new connection sees it.
         """
         self.execute(
-            "ALTER SYSTEM SET default_transaction_read_only = on", dbname="postgres", user="postgres"
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+            dbname="postgres",
+            user="postgres",
         )
         self.reload()
         self._wait_setting("default_transaction_read_only", "on", timeout)

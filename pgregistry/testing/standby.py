@@ -144,9 +144,7 @@ class TemporaryStandby(TemporaryCluster):
         Raises :class:`ClusterError` when it is still in recovery after ``timeout`` seconds.
         """
         with self._lock:
-            result = self._pg_ctl(
-                "promote", "-w", "-t", str(int(timeout)), timeout=timeout + 10
-            )
+            result = self._pg_ctl("promote", "-w", "-t", str(int(timeout)), timeout=timeout + 10)
             deadline = time.monotonic() + timeout
             while self.is_in_recovery():
                 if time.monotonic() >= deadline:
