@@ -25,6 +25,7 @@ from .cluster import (
     find_pg_bindir,
     server_answers,
 )
+from .pgbouncer import PgBouncerError, TemporaryPgBouncer, find_pgbouncer
 from .proxy import FaultProxy, ProxyStats
 from .standby import TemporaryStandby, multihost_conninfo, primary_and_standby
 
@@ -33,11 +34,14 @@ __all__ = [
     "BackendKiller",
     "ClusterError",
     "FaultProxy",
+    "PgBouncerError",
     "ProxyStats",
     "StopMode",
     "TemporaryCluster",
+    "TemporaryPgBouncer",
     "TemporaryStandby",
     "find_pg_bindir",
+    "find_pgbouncer",
     "multihost_conninfo",
     "primary_and_standby",
     "server_answers",

@@ -145,9 +145,7 @@ def test_drop_replies_with_cut_after_drops_the_connection(
         cluster.execute("DROP TABLE proxy_drop_cut")
 
 
-def test_slow_connects_delay_the_connect_only(
-    proxy: FaultProxy, cluster: TemporaryCluster
-) -> None:
+def test_slow_connects_delay_the_connect_only(proxy: FaultProxy, cluster: TemporaryCluster) -> None:
     proxy.slow_connects(0.3)
     started = time.monotonic()
     db = _connect(proxy, cluster)
