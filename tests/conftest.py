@@ -26,7 +26,7 @@ import pytest
 
 from pgregistry.testing import BackendKiller, TemporaryCluster, server_answers
 
-_CLUSTER_FIXTURES = frozenset({"session_cluster", "cluster"})
+_CLUSTER_FIXTURES = frozenset({"session_cluster", "cluster", "primary_and_standby", "pgbouncer"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

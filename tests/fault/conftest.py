@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from pgregistry import PooledPg
-from pgregistry.testing import TemporaryCluster
+from pgregistry.testing import (
+    FaultProxy,
+    TemporaryCluster,
+    TemporaryPgBouncer,
+    TemporaryStandby,
+    find_pgbouncer,
+)
+from pgregistry.testing import primary_and_standby as testing_primary_and_standby
+from pgregistry.testing.pgbouncer import PoolMode
 
 
 @pytest.fixture
@@ -188,3 +196,56 @@ def start_later(healthy_cluster: TemporaryCluster) -> Iterator[Callable[[float],
     finally:
         for thread in threads:
             thread.join(timeout=60.0)
+
+
+# -- fault proxy, standby, PgBouncer (pgregistry.testing) ----------------------------------
+
+
+@pytest.fixture
+def fault_proxy(healthy_cluster: TemporaryCluster) -> Iterator[FaultProxy]:
+    """A :class:`FaultProxy` in front of the running cluster, closed after the test.
+
+    Connect with ``pg.DB(**fault_proxy.connect_kwargs(healthy_cluster.connect_kwargs()))``.
+    """
+    with FaultProxy(healthy_cluster.host, healthy_cluster.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def primary_and_standby() -> Iterator[tuple[TemporaryCluster, TemporaryStandby]]:
+    """A fresh primary and its streaming standby (about 1 s), removed after the test."""
+    with testing_primary_and_standby() as pair:
+        yield pair
+
+
+@pytest.fixture
+def pgbouncer(
+    healthy_cluster: TemporaryCluster,
+) -> Iterator[Callable[..., TemporaryPgBouncer]]:
+    """``pgbouncer(pool_mode="transaction", **options)``: a PgBouncer in front of the cluster.
+
+    Skips the test when no pgbouncer binary is installed (Debian: apt-get install pgbouncer;
+    ``bash .ci/run`` installs it). Every PgBouncer started is stopped after the test.
+    """
+    if find_pgbouncer() is None:
+        pytest.skip(
+            "pgbouncer not installed (apt-get install pgbouncer, or set PGREGISTRY_PGBOUNCER)"
+        )
+    started: list[TemporaryPgBouncer] = []
+
+    def make(pool_mode: PoolMode = "transaction", **options: Any) -> TemporaryPgBouncer:
+        bouncer = TemporaryPgBouncer(
+            healthy_cluster.host,
+            healthy_cluster.port,
+            pool_mode=pool_mode,
+            **options,
+        )
+        started.append(bouncer)
+        bouncer.start()
+        return bouncer
+
+    try:
+        yield make
+    finally:
+        for bouncer in started:
+            bouncer.stop()

@@ -11,7 +11,8 @@ import pg
 import pytest
 
 from pgregistry import testing
-from pgregistry.testing import TemporaryCluster, find_pg_bindir, server_answers
+from pgregistry.testing import TemporaryCluster, _ports, find_pg_bindir, server_answers
+from pgregistry.testing import cluster as cluster_module
 
 
 def _connect(cluster: TemporaryCluster) -> pg.DB:
@@ -111,15 +112,16 @@ def test_stop_rejects_unknown_mode(cluster: TemporaryCluster) -> None:
 
 
 @pytest.mark.slow
-def test_a_test_may_leave_the_session_cluster_down(cluster: TemporaryCluster) -> None:
-    cluster.stop()
-
-
-@pytest.mark.slow
-def test_cluster_fixture_starts_a_cluster_left_down(cluster: TemporaryCluster) -> None:
-    # Runs after the test above: the fixture must have started the server again.
-    assert cluster.is_running()
-    assert cluster.execute("SELECT 1") == [(1,)]
+def test_cluster_fixture_starts_the_session_cluster_when_a_test_left_it_down(
+    session_cluster: TemporaryCluster, request: pytest.FixtureRequest
+) -> None:
+    # What an earlier test may leave behind: the session's cluster stopped.
+    session_cluster.stop()
+    assert not session_cluster.is_running()
+    running = request.getfixturevalue("cluster")  # the fixture as the next test gets it
+    assert running is session_cluster
+    assert running.is_running()
+    assert running.execute("SELECT 1") == [(1,)]
 
 
 @pytest.mark.slow
@@ -137,7 +139,7 @@ def test_parallel_clusters_get_their_own_ports_and_cleanup_leaves_nothing() -> N
     held.close()
     for pid in pids:
         assert pid is not None
-        assert not testing._process_alive(pid)
+        assert not _ports.process_alive(pid)
     for directory in dirs:
         assert not directory.exists()
     for port in ports:
@@ -152,7 +154,7 @@ def test_context_manager_cleans_up_when_the_body_raises() -> None:
         directory, pid = temporary.base_dir, temporary._postmaster_pid()
         raise RuntimeError("boom")
     assert pid is not None
-    assert not testing._process_alive(pid)
+    assert not _ports.process_alive(pid)
     assert not directory.exists()
 
 
@@ -161,9 +163,9 @@ def test_atexit_handler_stops_clusters_left_running() -> None:
     temporary = TemporaryCluster()
     temporary.start()
     pid, directory = temporary._postmaster_pid(), temporary.base_dir
-    testing._cleanup_live_clusters()
+    cluster_module._cleanup_live_clusters()
     assert pid is not None
-    assert not testing._process_alive(pid)
+    assert not _ports.process_alive(pid)
     assert not directory.exists()
 
 
@@ -177,15 +179,15 @@ def test_failed_start_quotes_the_server_log() -> None:
 
 
 def test_port_reservation_skips_ports_locked_by_another_run() -> None:
-    first = testing._PortReservation("127.0.0.1")
+    first = _ports.PortReservation("127.0.0.1")
     try:
         # A second reservation of the same port (another test run) finds it locked.
-        assert testing._lock_port(first.port) is None
+        assert _ports.lock_port(first.port) is None
     finally:
         first.release()
-    fd = testing._lock_port(first.port)
+    fd = _ports.lock_port(first.port)
     assert fd is not None
-    testing._unlock(fd)
+    _ports.unlock(fd)
 
 
 def test_server_answers_false_when_nothing_listens() -> None:
@@ -201,7 +203,7 @@ def test_missing_binaries_error_says_what_to_install(
 ) -> None:
     monkeypatch.delenv(testing.BINDIR_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(testing, "_PG_LIB_GLOB", str(tmp_path / "nothing" / "*" / "bin"))
+    monkeypatch.setattr(cluster_module, "_PG_LIB_GLOB", str(tmp_path / "nothing" / "*" / "bin"))
     with pytest.raises(RuntimeError, match="apt-get install postgresql"):
         find_pg_bindir()
 
@@ -225,5 +227,5 @@ def test_newest_version_under_usr_lib_postgresql_wins(
             os.chmod(bindir / name, 0o755)
     monkeypatch.delenv(testing.BINDIR_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(testing, "_PG_LIB_GLOB", str(tmp_path / "*" / "bin"))
+    monkeypatch.setattr(cluster_module, "_PG_LIB_GLOB", str(tmp_path / "*" / "bin"))
     assert find_pg_bindir() == tmp_path / "16" / "bin"

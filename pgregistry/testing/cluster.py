@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
-import fcntl
 import getpass
 import glob
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -51,6 +48,8 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 import pg
+
+from ._ports import PortError, PortReservation, process_alive, run_as_ids
 
 __all__ = [
     "BackendKiller",
@@ -74,7 +73,6 @@ BINDIR_ENV: Final = "PGREGISTRY_PG_BINDIR"
 
 #: Lock files (one per port) shared by every process on the machine, so that parallel test runs
 #: that pick the same free port do not both try to use it.
-_PORT_LOCK_DIR: Final = Path(tempfile.gettempdir()) / "pgregistry-ports"
 
 #: The SSLRequest message: length 8, then the magic request code 80877103.
 _SSL_REQUEST: Final = struct.pack("!ii", 8, 80877103)
@@ -218,92 +216,6 @@ def _terminate(db: Any, pids: list[int] | None, timeout: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Free ports
-# --------------------------------------------------------------------------------------------
-
-
-class _PortReservation:
-    """A free TCP port, held by an exclusive ``flock`` on a per-port file while the cluster lives.
-
-    Another process using this module skips a locked port; anything else grabbing the port between
-    our check and the server's bind is handled by the caller retrying on "address in use".
-    """
-
-    def __init__(self, host: str, avoid: Iterable[int] = ()) -> None:
-        avoided = set(avoid)
-        for _ in range(100):
-            port = _free_port(host)
-            if port in avoided:
-                continue
-            fd = _lock_port(port)
-            if fd is None:
-                continue
-            if _port_is_free(host, port):
-                self.port = port
-                self._fd: int | None = fd if fd >= 0 else None
-                return
-            _unlock(fd)
-        raise ClusterError(f"no free TCP port found on {host} after 100 attempts")
-
-    def release(self) -> None:
-        if self._fd is not None:
-            _unlock(self._fd)
-            self._fd = None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # The server sets SO_REUSEADDR too: a port in TIME_WAIT is free for it.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _lock_port(port: int) -> int | None:
-    """Lock the port's file: its fd, None if another process holds it, -1 if locks are unusable."""
-    try:
-        try:
-            os.mkdir(_PORT_LOCK_DIR)
-            # Shared by every user of the machine, like /tmp itself.
-            os.chmod(_PORT_LOCK_DIR, 0o1777)
-        except FileExistsError:
-            pass
-        path = _PORT_LOCK_DIR / f"{port}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, 0o666)  # despite the umask: other users lock it too
-        except PermissionError:
-            fd = os.open(path, os.O_RDONLY)  # another user's file: a shared fd locks as well
-    except OSError:
-        return -1  # no lock directory: rely on retry-on-conflict alone
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        return -1
-    return fd
-
-
-def _unlock(fd: int) -> None:
-    if fd >= 0:
-        with contextlib.suppress(OSError):
-            os.close(fd)  # closing the only fd releases the flock
-
-
-# --------------------------------------------------------------------------------------------
 # Clusters left running at exit
 # --------------------------------------------------------------------------------------------
 
@@ -391,7 +303,7 @@ class TemporaryCluster:
         self._run_as_name = run_as
         self._ids: tuple[int, int] | None = None  # (uid, gid) to switch to, when root
         self._base_dir: Path | None = None
-        self._port: _PortReservation | None = None
+        self._port: PortReservation | None = None
         self._bootstrapped = False
         self._owner_pid = os.getpid()
         self._lock = threading.RLock()
@@ -485,7 +397,10 @@ class TemporaryCluster:
                 _live[id(self)] = self
             for attempt in range(5):
                 if self._port is None:
-                    self._port = _PortReservation(self.host)
+                    try:
+                        self._port = PortReservation(self.host)
+                    except PortError as exc:
+                        raise ClusterError(str(exc)) from None
                     self._write_port_conf()
                 result = self._pg_ctl(
                     "start", "-w", "-t", str(int(self.start_timeout)),
@@ -535,7 +450,7 @@ class TemporaryCluster:
     def is_running(self) -> bool:
         """Tell whether the cluster's postmaster process is alive (as ``pg_ctl status`` does)."""
         pid = self._postmaster_pid()
-        return pid is not None and _process_alive(pid)
+        return pid is not None and process_alive(pid)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait at most ``timeout`` seconds until the server accepts a login and a query."""
@@ -630,25 +545,65 @@ class TemporaryCluster:
         finally:
             db.close()
 
+    # -- roles: fencing a primary, recovery ------------------------------------------------
+
+    def reload(self) -> None:
+        """Make the server reread its configuration (``pg_reload_conf()``)."""
+        self.execute("SELECT pg_reload_conf()", dbname="postgres", user="postgres")
+
+    def fence(self, timeout: float = 10.0) -> None:
+        """Make the server read-only, as an operator fences an old primary during a failover.
+
+        ``ALTER SYSTEM SET default_transaction_read_only = on`` and a reload: every write fails
+        with SQLSTATE 25006 (``cannot execute INSERT in a read-only transaction``), on new
+        connections and on existing ones from their next statement, while ``SELECT 1`` still
+        passes. Waits at most ``timeout`` seconds until a new connection sees it.
+        """
+        self.execute(
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+            dbname="postgres",
+            user="postgres",
+        )
+        self.reload()
+        self._wait_setting("default_transaction_read_only", "on", timeout)
+
+    def unfence(self, timeout: float = 10.0) -> None:
+        """Undo :meth:`fence` (``ALTER SYSTEM RESET``, reload) and wait until writes pass."""
+        self.execute(
+            "ALTER SYSTEM RESET default_transaction_read_only", dbname="postgres", user="postgres"
+        )
+        self.reload()
+        self._wait_setting("default_transaction_read_only", "off", timeout)
+
+    def is_in_recovery(self) -> bool:
+        """Tell whether the server is a standby (``pg_is_in_recovery()``)."""
+        rows = self.execute("SELECT pg_is_in_recovery()", dbname="postgres", user="postgres")
+        return bool(rows[0][0])
+
+    def _wait_setting(self, name: str, value: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            # A reload reaches the backends asynchronously: ask new connections until one agrees.
+            seen = self.execute(f"SHOW {name}", dbname="postgres", user="postgres")[0][0]
+            if seen == value:
+                return
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"server on port {self.port}: {name} is {seen!r}, not {value!r},"
+                    f" {timeout:.1f} s after the reload"
+                )
+            time.sleep(0.02)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _create(self) -> None:
-        """Make the directory, hand it to the server's OS user and run initdb."""
+        """Make the directory, hand it to the server's OS user and fill the data directory."""
         bindir = self._bindir or find_pg_bindir()
         if not _has_server_binaries(bindir):
             raise RuntimeError(f"{bindir} does not hold executable initdb and pg_ctl")
         self._bindir = bindir
         if os.geteuid() == 0:
-            name = self._run_as_name or "postgres"
-            try:
-                entry = pwd.getpwnam(name)
-            except KeyError:
-                raise RuntimeError(
-                    f"running as root: initdb and pg_ctl refuse to run as root and there is no"
-                    f" {name!r} system user to run them as; install the server"
-                    " (apt-get install postgresql creates the postgres user) or pass run_as="
-                ) from None
-            self._ids = (entry.pw_uid, entry.pw_gid)
+            self._ids = run_as_ids(self._run_as_name or "postgres", "initdb and pg_ctl")
         base = Path(tempfile.mkdtemp(prefix="pgregistry-cluster-", dir=self._parent_dir))
         self._base_dir = base
         (base / "socket").mkdir()
@@ -661,6 +616,12 @@ class TemporaryCluster:
                     f"{base} is not writable by OS user {self._run_as_name or 'postgres'}"
                     " (a parent directory is closed to it); pass parent_dir= or set TMPDIR"
                 )
+        self._init_data_dir(bindir)
+        self._write_conf()
+        self._write_hba()
+
+    def _init_data_dir(self, bindir: Path) -> None:
+        """Fill the empty data directory: ``initdb`` here, a base backup for a standby."""
         result = self._run(
             [
                 str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
@@ -670,7 +631,21 @@ class TemporaryCluster:
         )  # fmt: skip
         if result is None or result.returncode != 0:
             raise ClusterError(self._failure("initdb failed", result))
-        self._write_conf()
+
+    def _write_hba(self) -> None:
+        # Trust for everyone over the socket and 127.0.0.1, replication included, so that
+        # pg_basebackup and a standby's walreceiver can connect as postgres.
+        path = self.data_dir / "pg_hba.conf"
+        path.write_text(
+            "# pgregistry.testing: trust on the private socket and 127.0.0.1 only\n"
+            "local all all trust\n"
+            "local replication all trust\n"
+            f"host all all {self.host}/32 trust\n"
+            f"host replication all {self.host}/32 trust\n",
+            encoding="utf-8",
+        )
+        if self._ids is not None:
+            os.chown(path, *self._ids)
 
     def _write_conf(self) -> None:
         shared_buffers_mb = max(16, self.max_connections * 16 // 1024 + 1)
@@ -686,6 +661,10 @@ class TemporaryCluster:
             "log_min_messages": "warning",
             "log_line_prefix": "%m [%p] %q%u@%d ",
             "dynamic_shared_memory_type": "posix",
+            # What a streaming standby (pgregistry.testing.TemporaryStandby) needs.
+            "wal_level": "replica",
+            "max_wal_senders": 10,
+            "hot_standby": True,
         }
         settings.update(self.settings)
         lines = [f"{key} = {_conf_value(value)}" for key, value in settings.items()]
@@ -757,11 +736,11 @@ class TemporaryCluster:
             return
         self._pg_ctl("stop", "-w", "-m", "immediate", "-t", "10", timeout=20)
         pid = self._postmaster_pid()
-        if pid is not None and _process_alive(pid):
+        if pid is not None and process_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while _process_alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             # The backends notice the postmaster's death and exit by themselves.
 
@@ -778,21 +757,6 @@ class TemporaryCluster:
         else:
             output = f"exit status {result.returncode}: {(result.stdout + result.stderr).strip()}"
         return f"temporary cluster in {self._base_dir}: {what}; {output}\n{self._log_tail()}"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    try:
-        # A zombie answers kill(0) but is gone; containers without an init may keep them around.
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _quote(value: str) -> str:
