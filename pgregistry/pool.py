@@ -79,7 +79,8 @@ class _Waiter:
     def __init__(self) -> None:
         self.gate = threading.Lock()
         self.gate.acquire()
-        #: A Slot, _OPEN (you may open a new connection) or _CLOSED; None while waiting.
+        #: A Slot, _OPEN (you may open a new connection in a place that holds its budget unit),
+        #: _PLACE (a place without a budget unit: take one first) or _CLOSED; None while waiting.
         self.result: Slot | object | None = None
         self.started = time.perf_counter_ns()
 
@@ -89,6 +90,7 @@ class _Waiter:
 
 
 _OPEN = object()  # hand-off token: the waiter may open a connection in the freed place
+_PLACE = object()  # hand-off token: a freed place whose budget unit was never taken
 _CLOSED = object()  # hand-off token: the pool was closed while waiting
 
 
@@ -443,7 +445,12 @@ class PooledPg:
         """Replace an idle connection that expired, or that fails its due ping."""
         if now >= slot.expires_at:
             return self._replace(slot, Counter.EXPIRED)
-        if not slot.conn.ping():
+        try:
+            alive = slot.conn.ping()
+        except BaseException:
+            self._drop(slot)  # interrupted (a signal): never lose the place
+            raise
+        if not alive:
             self.logger.warning("pool %r: idle connection failed its ping", self.name)
             return self._replace(slot, Counter.PING_FAILED)
         return slot
@@ -484,15 +491,17 @@ class PooledPg:
             )
         if message:
             raise TooManyConnectionsError(message)
-        if waiter is None and self._budget is not None:
-            try:
-                # A pool that must not block does not wait for the budget either.
-                self._budget.acquire(self, self._timeout if self._blocking else 0.0)
-            except BaseException:
-                self._unreserve(1)
-                raise
         # A waiter's checkout was counted by whoever handed it the connection (see _hand_over).
-        got = _OPEN if waiter is None else self._wait(waiter)
+        got = _PLACE if waiter is None else self._wait(waiter)
+        if got is _PLACE:
+            if self._budget is not None:
+                try:
+                    # A pool that must not block does not wait for the budget either.
+                    self._budget.acquire(self, self._timeout if self._blocking else 0.0)
+                except BaseException:
+                    self._give_up_place()
+                    raise
+            got = _OPEN
         slot = self._open_for_checkout(count=waiter is None) if got is _OPEN else got
         assert isinstance(slot, Slot)
         slot.since = _monotonic()
@@ -537,6 +546,20 @@ class PooledPg:
             self._size -= 1
         self._freed(1)
 
+    def _give_up_place(self) -> None:
+        """A counted place that never got its budget unit goes unused: hand it on or free it.
+
+        The next waiter gets it as :data:`_PLACE` and takes a unit itself, so a budget that
+        timed out for one caller never leaves the others waiting beside an empty pool.
+        """
+        with self._lock:
+            self._opening -= 1
+            if self._waiters and not self._closed:
+                self._opening += 1
+                self._hand_over(_PLACE)
+                return
+            self._size -= 1
+
     def _unreserve(self, count: int) -> None:
         """Undo places reserved for opening that got no budget unit."""
         with self._lock:
@@ -572,7 +595,14 @@ class PooledPg:
         if self._log_checkouts:
             self.logger.debug("pool %r: at maxconnections, waiting", self.name)
         message = ""
-        if not waiter.gate.acquire(timeout=-1 if timeout is None else timeout):
+        try:
+            acquired = waiter.gate.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:
+            # KeyboardInterrupt, or a request timeout raised by a signal handler: leave the
+            # queue, and give back whatever was handed over meanwhile.
+            self._abandon(waiter)
+            raise
+        if not acquired:
             waited_ns = time.perf_counter_ns() - waiter.started
             with self._lock:
                 if waiter.result is None:  # else it was handed something just in time
@@ -590,6 +620,22 @@ class PooledPg:
         if waiter.result is _CLOSED:
             raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
         return waiter.result
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Undo a wait that an exception cut short, so no place or connection is lost."""
+        with self._lock:
+            got = waiter.result
+            if got is None:
+                self._waiters.remove(waiter)
+                return
+            if got is not _CLOSED:
+                self._checkouts -= 1  # counted by the giver for a checkout that never happened
+        if isinstance(got, Slot):
+            self._checkin(got, fresh=True)
+        elif got is _OPEN:
+            self._release_place()
+        elif got is _PLACE:
+            self._give_up_place()
 
     def _count_limit_hit(self) -> int:
         """Count reaching maxconnections (under the lock); the count to log, if it is time.
