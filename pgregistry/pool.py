@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -59,12 +60,15 @@ _LIMIT_LOG_INTERVAL = 60.0
 _BACKEND_EXIT_WAIT = 1.0
 # Bounds for how often the maintenance task runs, in seconds.
 _UPKEEP_MIN, _UPKEEP_MAX = 0.01, 15.0
+# How often a waiter looks for connections held by results that have been released, in s.
+_HELD_POLL = 0.005
 # How soon a pool with mincached refills after losses, in seconds.
 _REFILL_PERIOD = 1.0
 
 _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
 _perf = time.perf_counter
+_refcount = sys.getrefcount
 _new_proxy = object.__new__
 _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
 # The pool's own files, skipped when the stack of a checkout is kept for leak reports.
@@ -74,14 +78,17 @@ _OWN_FILES = frozenset({__file__, leak.__file__})
 class _Waiter:
     """A caller waiting for a connection. Its lock is held until something is handed over."""
 
-    __slots__ = ("gate", "result", "started")
+    __slots__ = ("gate", "looking", "result", "started")
 
     def __init__(self) -> None:
         self.gate = threading.Lock()
         self.gate.acquire()
-        #: A Slot, _OPEN (you may open a new connection) or _CLOSED; None while waiting.
+        #: A Slot, _OPEN (you may open a new connection in a place that holds its budget unit),
+        #: _PLACE (a place without a budget unit: take one first) or _CLOSED; None while waiting.
         self.result: Slot | object | None = None
         self.started = time.perf_counter_ns()
+        #: Looks for connections held by released results while it waits (see _hold).
+        self.looking = False
 
     def give(self, result: Slot | object) -> None:
         self.result = result
@@ -89,6 +96,8 @@ class _Waiter:
 
 
 _OPEN = object()  # hand-off token: the waiter may open a connection in the freed place
+_PLACE = object()  # hand-off token: a freed place whose budget unit was never taken
+_LOOK = object()  # wake-up token: connections are held by results; look for released ones
 _CLOSED = object()  # hand-off token: the pool was closed while waiting
 
 
@@ -240,6 +249,9 @@ class PooledPg:
         self._opening = 0  # of those, being opened right now
         self._waiters: deque[_Waiter] = deque()
         self._checked_out: set[Slot] = set()  # maintained only for leak detection
+        # Returned connections whose last result the caller still holds (see _hold), with
+        # that result; counted in _size like checked-out ones.
+        self._held: list[tuple[Slot, object]] = []
         # Every place counted in _size holds one unit of the budget (when there is one).
         self._budget = budget
         self._generation = 0
@@ -443,7 +455,12 @@ class PooledPg:
         """Replace an idle connection that expired, or that fails its due ping."""
         if now >= slot.expires_at:
             return self._replace(slot, Counter.EXPIRED)
-        if not slot.conn.ping():
+        try:
+            alive = slot.conn.ping()
+        except BaseException:
+            self._drop(slot)  # interrupted (a signal): never lose the place
+            raise
+        if not alive:
             self.logger.warning("pool %r: idle connection failed its ping", self.name)
             return self._replace(slot, Counter.PING_FAILED)
         return slot
@@ -457,6 +474,8 @@ class PooledPg:
         waiter: _Waiter | None = None
         message = ""
         limit_hits = 0
+        if self._held:
+            self._release_held()
         with self._lock:
             if self._closed:
                 raise PoolClosedError(f"pool {self.name!r} is closed")
@@ -472,6 +491,9 @@ class PooledPg:
                 else:
                     waiter = _Waiter()
                     self._waiters.append(waiter)
+                    # Connections held by results come back without being returned: with
+                    # some held already, this waiter looks for them itself.
+                    waiter.looking = bool(self._held)
                 limit_hits = self._count_limit_hit()
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
         if limit_hits:
@@ -484,15 +506,17 @@ class PooledPg:
             )
         if message:
             raise TooManyConnectionsError(message)
-        if waiter is None and self._budget is not None:
-            try:
-                # A pool that must not block does not wait for the budget either.
-                self._budget.acquire(self, self._timeout if self._blocking else 0.0)
-            except BaseException:
-                self._unreserve(1)
-                raise
         # A waiter's checkout was counted by whoever handed it the connection (see _hand_over).
-        got = _OPEN if waiter is None else self._wait(waiter)
+        got = _PLACE if waiter is None else self._wait(waiter)
+        if got is _PLACE:
+            if self._budget is not None:
+                try:
+                    # A pool that must not block does not wait for the budget either.
+                    self._budget.acquire(self, self._timeout if self._blocking else 0.0)
+                except BaseException:
+                    self._give_up_place()
+                    raise
+            got = _OPEN
         slot = self._open_for_checkout(count=waiter is None) if got is _OPEN else got
         assert isinstance(slot, Slot)
         slot.since = _monotonic()
@@ -519,7 +543,7 @@ class PooledPg:
         thread goes on without taking the lock again.
         """
         waiter = self._waiters.popleft()
-        if result is not _CLOSED:
+        if result is not _CLOSED and result is not _LOOK:
             self._counts[Counter.WAITS] += 1
             self._wait_ns += time.perf_counter_ns() - waiter.started
             self._checkouts += 1
@@ -536,6 +560,46 @@ class PooledPg:
                 return
             self._size -= 1
         self._freed(1)
+
+    def _hold(self, slot: Slot, result: object) -> None:
+        """Keep a returned connection out of the pool while ``result`` is still referenced.
+
+        Waiters sleep until something is handed to them; the oldest is woken to look for
+        held connections that come free (see :meth:`_await_hand_over`).
+        """
+        with self._lock:
+            self._held.append((slot, result))
+            if self._waiters and not self._closed:
+                self._hand_over(_LOOK)
+
+    def _release_held(self) -> None:
+        """Give back the held connections whose results are no longer referenced.
+
+        Called where a connection is wanted (a checkout that found none idle, a waiter's
+        periodic look) and by upkeep. The reset and any close happen now, after the result was
+        read: values stay typed whatever the reset policy or the reason for closing.
+        """
+        with self._lock:
+            free = [entry for entry in self._held if _refcount(entry[1]) <= 2]
+            if not free:
+                return
+            self._held = [entry for entry in self._held if _refcount(entry[1]) > 2]
+        for slot, _ in free:
+            self._checkin(slot)
+
+    def _give_up_place(self) -> None:
+        """A counted place that never got its budget unit goes unused: hand it on or free it.
+
+        The next waiter gets it as :data:`_PLACE` and takes a unit itself, so a budget that
+        timed out for one caller never leaves the others waiting beside an empty pool.
+        """
+        with self._lock:
+            self._opening -= 1
+            if self._waiters and not self._closed:
+                self._opening += 1
+                self._hand_over(_PLACE)
+                return
+            self._size -= 1
 
     def _unreserve(self, count: int) -> None:
         """Undo places reserved for opening that got no budget unit."""
@@ -572,7 +636,14 @@ class PooledPg:
         if self._log_checkouts:
             self.logger.debug("pool %r: at maxconnections, waiting", self.name)
         message = ""
-        if not waiter.gate.acquire(timeout=-1 if timeout is None else timeout):
+        try:
+            acquired = self._await_hand_over(waiter, timeout)
+        except BaseException:
+            # KeyboardInterrupt, or a request timeout raised by a signal handler: leave the
+            # queue, and give back whatever was handed over meanwhile.
+            self._abandon(waiter)
+            raise
+        if not acquired:
             waited_ns = time.perf_counter_ns() - waiter.started
             with self._lock:
                 if waiter.result is None:  # else it was handed something just in time
@@ -590,6 +661,83 @@ class PooledPg:
         if waiter.result is _CLOSED:
             raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
         return waiter.result
+
+    def _await_hand_over(self, waiter: _Waiter, timeout: float | None) -> bool:
+        """Wait for a hand-over (True) or the timeout (False).
+
+        A connection held by an unread result (see :meth:`_hold`) comes back without anyone
+        returning it, so one waiter, the oldest, looks for such connections every few
+        milliseconds while any are held; the others sleep until something is handed to them.
+        A waiter woken with :data:`_LOOK` takes over that look and keeps its place.
+        """
+        gate = waiter.gate
+        deadline = None if timeout is None else _monotonic() + timeout
+        looking = waiter.looking
+        while True:
+            remaining = None if deadline is None else deadline - _monotonic()
+            if looking and self._held:
+                self._release_held()
+                remaining = _HELD_POLL if remaining is None else min(remaining, _HELD_POLL)
+            if remaining is not None and remaining <= 0:
+                return gate.acquire(blocking=False) and self._rearm_if_look(waiter) is None
+            if not gate.acquire(timeout=-1 if remaining is None else remaining):
+                if deadline is not None and _monotonic() >= deadline:
+                    return False
+                continue
+            if self._rearm_if_look(waiter) is None:
+                if looking:
+                    self._pass_the_look()
+                return True
+            looking = True
+
+    def _pass_the_look(self) -> None:
+        """A looking waiter was served: the next one looks while connections are held."""
+        with self._lock:
+            if self._held and self._waiters and not self._closed:
+                self._hand_over(_LOOK)
+
+    def _rearm_if_look(self, waiter: _Waiter) -> _Waiter | None:
+        """After a wake-up: if it was only a :data:`_LOOK`, queue the waiter again, first."""
+        if waiter.result is not _LOOK:
+            return None
+        with self._lock:
+            # While it was out of the queue, a connection may have gone idle, or a place may
+            # have come free, with no one queued to be handed it: take that instead.
+            if self._idle and not self._closed:
+                waiter.result = self._idle.pop()
+            elif not self._closed and self._size < self._maxconnections:
+                self._size += 1
+                self._opening += 1
+                waiter.result = _PLACE
+            else:
+                waiter.result = None
+                self._waiters.appendleft(waiter)
+                return waiter
+            self._counts[Counter.WAITS] += 1
+            self._wait_ns += time.perf_counter_ns() - waiter.started
+            self._checkouts += 1
+        return None
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Undo a wait that an exception cut short, so no place or connection is lost."""
+        with self._lock:
+            got = waiter.result
+            if got is None:
+                self._waiters.remove(waiter)
+                return
+            if got is _LOOK:
+                # It was asked to look for held connections: the next waiter does instead.
+                if self._held and self._waiters and not self._closed:
+                    self._hand_over(_LOOK)
+                return
+            if got is not _CLOSED:
+                self._checkouts -= 1  # counted by the giver for a checkout that never happened
+        if isinstance(got, Slot):
+            self._checkin(got, fresh=True)
+        elif got is _OPEN:
+            self._release_place()
+        elif got is _PLACE:
+            self._give_up_place()
 
     def _count_limit_hit(self) -> int:
         """Count reaching maxconnections (under the lock); the count to log, if it is time.
@@ -671,6 +819,8 @@ class PooledPg:
         if to_close is not None:
             self._close_slot(to_close)
             self._freed(1)
+        if self._held:
+            self._release_held()
 
     def _reset_on_return(self, slot: Slot) -> bool:
         """Apply the reset policy; False when the connection must be closed instead."""
@@ -740,6 +890,8 @@ class PooledPg:
         (replacing dead ones); refills to ``mincached``; reports leaks. Returns False once the
         pool is closed. Network I/O happens outside the pool lock.
         """
+        if self._held:
+            self._release_held()
         now = time.monotonic()
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
         expired: list[Slot] = []
@@ -890,7 +1042,13 @@ class PooledPg:
             self.close()
 
     def stats(self) -> PoolStats:
-        """A snapshot of sizes and counters (see :class:`PoolStats`); cheap, no I/O."""
+        """A snapshot of sizes and counters (see :class:`PoolStats`); cheap.
+
+        Connections held by results that have since been released are given back first, so
+        ``in_use`` counts only what callers still hold (giving back may run the reset).
+        """
+        if self._held:
+            self._release_held()
         with self._lock:
             idle = len(self._idle)
             open_now = self._size - self._opening

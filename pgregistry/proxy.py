@@ -7,9 +7,12 @@ checkout and gives the connection back when it is closed or collected.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import pg
 
 from .errors import InvalidConnectionError
 from .leak import Frame
@@ -19,6 +22,9 @@ if TYPE_CHECKING:
     from .pool import PooledPg
 
 __all__ = ["PooledPgConnection", "Slot"]
+
+_refcount = sys.getrefcount
+_Query = pg.Query
 
 
 class Slot:
@@ -58,19 +64,28 @@ class PooledPgConnection(_DBAPI):
     _pool: PooledPg
     _slot: Slot | None
     _con: SteadyPgConnection | None
-    #: The last query result, whose column types are looked up before the connection goes
-    #: back (see SteadyPgConnection.prime_types).
+    #: The last query result: while the caller still holds it, the connection is kept out of
+    #: the pool (see close()).
     _result: object
 
     def close(self) -> None:
-        """Return the connection to the pool (once; later calls do nothing)."""
+        """Return the connection to the pool (once; later calls do nothing).
+
+        When the caller still holds the result of the last query (as in
+        ``pool.connection().query(...).getresult()``, where the proxy goes before the result
+        is read), the connection stays out of the pool until that result is released: it is
+        never lent to anyone else while it can still be read, and never closed under it.
+        """
         slot = self._slot
         if slot is not None:
+            self._slot = self._con = None
             result = self._result
             if result is not None:
                 self._result = None
-                slot.conn.prime_types(result)
-            self._slot = self._con = None
+                # Beyond `result` here and the argument of getrefcount, someone holds it.
+                if _refcount(result) > 2:
+                    self._pool._hold(slot, result)
+                    return
             self._pool._checkin(slot)
 
     def reopen(self) -> None:
@@ -100,15 +115,26 @@ class PooledPgConnection(_DBAPI):
         con = self._con
         if con is None:
             con = self._live()
-        self._result = result = con.query(command, *args)
+        result = con.query(command, *args)
+        if type(result) is _Query:  # not the str or None of other statements
+            self._result = result
+            con.prime_types(result)
         return result
 
     def query_formatted(self, *args: Any, **kwargs: Any) -> Any:
-        self._result = result = self._live().query_formatted(*args, **kwargs)
+        con = self._live()
+        result = con.query_formatted(*args, **kwargs)
+        if type(result) is _Query:
+            self._result = result
+            con.prime_types(result)
         return result
 
     def query_prepared(self, name: str, *args: Any) -> Any:
-        self._result = result = self._live().query_prepared(name, *args)
+        con = self._live()
+        result = con.query_prepared(name, *args)
+        if type(result) is _Query:
+            self._result = result
+            con.prime_types(result)
         return result
 
     def __getattr__(self, name: str) -> Any:

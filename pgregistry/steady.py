@@ -198,6 +198,8 @@ class SteadyPgConnection(_DBAPI):
         self._usage = 0
         self._db: pg.DB | None = None
         self._cnx: Any = None  # the C-level pg.Connection inside self._db
+        #: Column type oids whose typecasts this pg.DB has resolved (see prime_types).
+        self._primed: set[int] = set()
         self._pid = os.getpid()
         #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
         self.listener: Callable[[Counter], None] | None = None
@@ -247,6 +249,7 @@ class SteadyPgConnection(_DBAPI):
         self._prepare_session(db)
         old = self._db
         self._db, self._cnx = db, db.db
+        self._primed = set()
         self._transaction = False
         self._usage = 0
         if old is not None:
@@ -375,29 +378,32 @@ class SteadyPgConnection(_DBAPI):
         return in_transaction
 
     def prime_types(self, result: object) -> None:
-        """Look up now the column types that reading ``result`` would look up later.
+        """Look up now every type that reading ``result`` could make PyGreSQL look up later.
 
-        PyGreSQL fetches a type's description from the server the first time a connection
-        meets it in a result (timestamptz, date, uuid, records, ...), and it does so when the
-        result is read, on the connection the result came from.
-        ``pool.connection().query(...).getresult()`` reads after the connection went back to
-        the pool, where another thread may be using it; looking the types up while the
-        connection is still ours makes that line safe.
+        PyGreSQL fetches a type's description (and, for composites, their fields' types, for
+        arrays their element type, recursively) from the server the first time a connection
+        meets it, and it does so while the result is being read. A read that needs the server
+        can then hit a connection lent to someone else, or one killed meanwhile
+        (``TypeError: Invalid type``). Resolving the typecasts right after the query, while
+        the connection is surely ours and alive, leaves reading nothing to ask the server.
+        Types seen before cost two set lookups.
         """
-        if type(result) is not pg.Query:
-            return
         db = self._db
-        if db is None:
+        if db is None or type(result) is not pg.Query:
             return
+        primed = self._primed
         try:
-            dbtypes = db.dbtypes
             fields: Any = result.fieldinfo()  # type: ignore[call-arg]  # column is optional
             for field in fields:
                 oid = field[1]
-                if oid not in _NATIVE_TYPES and oid not in dbtypes:
+                if oid in primed:
+                    continue
+                if oid not in _NATIVE_TYPES:
+                    dbtypes = db.dbtypes
                     typ = dbtypes.get(oid)
-                    if typ is not None and typ.relid:
-                        dbtypes.get_attnames(typ)
+                    if typ is not None:
+                        dbtypes.get_typecast(typ.pgtype)  # resolves arrays, records, nested
+                primed.add(oid)
         except Exception:
             pass  # best effort: reading the result will report any real problem
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import signal
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from pgregistry import (
     SteadyPgConnection,
     TooManyConnectionsError,
 )
+from pgregistry.budget import ServerBudget
 from pgregistry.testing import BackendKiller
 
 MakePool = Callable[..., PooledPg]
@@ -862,3 +864,96 @@ def test_connection_given_back_outside_a_transaction_logs_no_warning(
         db.begin()
         db.commit()
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+# -- interrupted waits and budget hand-offs (#11) -----------------------------------------------
+
+
+class RequestTimeout(Exception):
+    """What a web server's SIGALRM handler raises to end a request that took too long."""
+
+
+@pytest.mark.parametrize("interrupt", [RequestTimeout, KeyboardInterrupt])
+def test_a_signal_during_a_blocking_wait_loses_no_connection(
+    make_pool: MakePool, interrupt: type[BaseException]
+) -> None:
+    pool = make_pool(0, 0, 1, True, timeout=10)
+    held = pool.connection()
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise interrupt
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(interrupt):
+            pool.connection()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert pool.stats()["waiting"] == 0
+    held.close()
+    with pool.connection() as db:  # maxconnections 1: the returned connection is still ours
+        assert db.query("SELECT 1").getresult() == [(1,)]
+    stats = pool.stats()
+    assert (stats["open"], stats["idle"], stats["in_use"], stats["waiting"]) == (1, 1, 0, 0)
+
+
+def test_a_signal_right_after_a_hand_over_gives_the_connection_back(make_pool: MakePool) -> None:
+    pool = make_pool(0, 0, 1, True, timeout=10)
+    held = pool.connection()
+
+    def on_alarm(signum: int, frame: object) -> None:
+        held.close()  # hands the connection to the waiting main thread ...
+        raise RequestTimeout  # ... which is interrupted before it can take it
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(RequestTimeout):
+            pool.connection()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    stats = pool.stats()
+    assert (stats["open"], stats["idle"], stats["in_use"], stats["waiting"]) == (1, 1, 0, 0)
+    pool.connection().close()
+
+
+def test_a_budget_timeout_hands_its_place_to_the_next_waiter(make_pool: MakePool) -> None:
+    budget = ServerBudget("pgrt_server", 1)
+    other = make_pool(0, 0, 1, True, budget=budget, name="other")
+    pool = make_pool(0, 0, 1, True, budget=budget, timeout=1.0, name="starved")
+    busy = other.connection()  # holds the only unit; not idle, so nobody can take it
+    first_error: list[BaseException] = []
+    second: list[object] = []
+
+    def first() -> None:
+        try:
+            pool.connection()
+        except BaseException as exc:
+            first_error.append(exc)
+
+    def second_caller() -> None:
+        try:
+            with pool.connection() as db:
+                second.append(db.query("SELECT 1").getresult())
+        except BaseException as exc:
+            second.append(exc)
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    deadline = time.monotonic() + 5
+    while pool.stats()["open"] == 0 and budget.stats()["waits"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    t2 = threading.Thread(target=second_caller)
+    t2.start()
+    while pool.stats()["waiting"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    t1.join(10)
+    assert first_error and "server budget 'pgrt_server' is full" in str(first_error[0])
+    busy.close()  # idle now: the second caller's budget wait may close it and take the unit
+    t2.join(10)
+    assert second == [[(1,)]], second
