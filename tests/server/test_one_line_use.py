@@ -57,7 +57,8 @@ def lazy_sql(suffix: str, n: int) -> str:
         f" ROW(ROW({n}, 'in')::pgrt_pair_{suffix}, DATE '2020-01-02', ARRAY['a','b'])"
         f"::pgrt_nest_{suffix},"
         f" 'happy'::pgrt_mood_{suffix}, {n + 1}::pgrt_pos_{suffix}, int4range({n}, {n + 5}),"
-        f" TIMESTAMPTZ '2021-03-04 05:06:07+00', '00000000-0000-0000-0000-00000000000{n % 10}'::uuid"
+        f" TIMESTAMPTZ '2021-03-04 05:06:07+00',"
+        f" '00000000-0000-0000-0000-00000000000{n % 10}'::uuid"
     )
 
 
@@ -136,11 +137,10 @@ def test_a_held_result_keeps_its_connection_from_the_next_borrower(
     pool = make_pool(0, 0, 0)
     result = pool.connection().query(lazy_sql(types, 3))
     with pool.connection() as second:
-        held_pid = result  # noqa: F841  # still referenced
         assert pool.stats()["open"] == 2  # the second borrower got a connection of its own
         assert second.query("SELECT 1").getresult() == [(1,)]
     check_row(result.getresult()[0], 3)
-    del result, held_pid
+    del result
     with pool.connection() as again:  # released: the held connection is pooled again
         again.query("SELECT 1")
     assert pool.stats()["open"] == 2 and pool.stats()["in_use"] == 0
