@@ -11,7 +11,8 @@ Routes (JSON answers):
 
 - ``GET /``: the server's time and version and the backend that answered, from the default
   pool (``?pool=NAME`` for another one);
-- ``GET /health``: ``SELECT 1`` on every configured pool; 503 when one fails;
+- ``GET /livez`` and ``GET /readyz``: liveness and readiness from :mod:`pgregistry.health`
+  (readiness: every configured pool checks out and reaches its server; 503 when one fails);
 - ``GET /stats``: every built pool's stats.
 
 Serve it with the standard library's threaded server::
@@ -35,6 +36,7 @@ import pg
 
 import pgregistry
 from pgregistry import PooledPg, PooledPgError, Registry
+from pgregistry.health import health_app
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -43,7 +45,8 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 def make_app(registry: Registry | None = None) -> WSGIApp:
     """The WSGI callable. ``registry``: where pools come from (default: ``pgregistry.get``)."""
     get: Callable[[str | None], PooledPg] = registry.get if registry else pgregistry.get
-    reg = registry if registry is not None else pgregistry.registry
+    reg = registry if registry is not None else pgregistry.default_registry
+    probes = health_app(registry)
 
     def index(query: dict[str, list[str]]) -> tuple[str, Any]:
         name = query.get("pool", [None])[0]
@@ -54,24 +57,14 @@ def make_app(registry: Registry | None = None) -> WSGIApp:
         return "200 OK", {"pool": name or reg.settings.default, "now": now, "server": version,
                           "backend_pid": pid}  # fmt: skip
 
-    def health(query: dict[str, list[str]]) -> tuple[str, Any]:
-        pools: dict[str, str] = {}
-        for name in reg.names():
-            try:
-                with get(name).connection() as db:
-                    db.query("SELECT 1")
-                pools[name] = "ok"
-            except (pg.Error, PooledPgError) as exc:
-                pools[name] = f"failed: {' '.join(str(exc).split())}"
-        healthy = all(state == "ok" for state in pools.values())
-        return ("200 OK" if healthy else "503 Service Unavailable"), pools
-
     def stats(query: dict[str, list[str]]) -> tuple[str, Any]:
         return "200 OK", reg.stats()["pools"]
 
-    routes = {"/": index, "/health": health, "/stats": stats}
+    routes = {"/": index, "/stats": stats}
 
     def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in ("/livez", "/readyz"):
+            return probes(environ, start_response)
         route = routes.get(environ.get("PATH_INFO") or "/")
         if route is None:
             status, body = "404 Not Found", {"error": "no such route", "routes": sorted(routes)}

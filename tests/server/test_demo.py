@@ -359,10 +359,12 @@ def test_wsgi_app_reports_errors_as_json_without_secrets(registry: Registry) -> 
     status, body = call(app, "/?pool=nope")
     assert status == "404 Not Found"
     assert body["error"] == "unknown pool 'nope'; configured pools: app, down, reports"
-    status, body = call(app, "/health")
+    status, body = call(app, "/readyz")
     assert status == "503 Service Unavailable"
-    assert body["app"] == body["reports"] == "ok"
-    assert body["down"].startswith("failed: connection to server at")
+    assert body["pools"]["app"]["status"] == body["pools"]["reports"]["status"] == "ok"
+    assert body["pools"]["down"]["error"].startswith("connection to server at")
+    assert "hunter2" not in json.dumps(body)
+    assert call(app, "/livez")[0] == "200 OK"
     status, body = call(app, "/?pool=down")
     assert status == "503 Service Unavailable"
     assert "hunter2" not in json.dumps(body)
