@@ -25,7 +25,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Counter, Histogram, MeterProvider, Observation
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Counter,
+    Histogram,
+    Meter,
+    MeterProvider,
+    Observation,
+)
 
 import pgregistry
 from pgregistry.pool import PooledPg, PoolStats
@@ -139,23 +146,23 @@ class Instrumentation:
             description="The number of connection timeouts that have occurred trying to obtain a"
             " connection from the pool",
         )
-        self.create_time: Histogram = meter.create_histogram(
+        self.create_time: Histogram = _histogram(
+            meter,
             "db.client.connection.create_time",
             unit="s",
             description="The time it took to create a new connection",
-            explicit_bucket_boundaries_advisory=BUCKETS,
         )
-        self.wait_time: Histogram = meter.create_histogram(
+        self.wait_time: Histogram = _histogram(
+            meter,
             "db.client.connection.wait_time",
             unit="s",
             description="The time it took to obtain an open connection from the pool",
-            explicit_bucket_boundaries_advisory=BUCKETS,
         )
-        self.use_time: Histogram = meter.create_histogram(
+        self.use_time: Histogram = _histogram(
+            meter,
             "db.client.connection.use_time",
             unit="s",
             description="The time between borrowing a connection and returning it to the pool",
-            explicit_bucket_boundaries_advisory=BUCKETS,
         )
         #: Events from the pools, recorded into the instruments when the SDK collects: an SDK
         #: record costs microseconds, a deque append on the caller's thread does not.
@@ -215,6 +222,16 @@ class Instrumentation:
     def __repr__(self) -> str:
         state = "active" if self._active else "uninstrumented"
         return f"<pgregistry.otel.Instrumentation of {self.registry!r} {state}>"
+
+
+def _histogram(meter: Meter, name: str, *, unit: str, description: str) -> Histogram:
+    """A histogram in seconds with :data:`BUCKETS` as advice, where the API takes advice."""
+    try:
+        return meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=BUCKETS
+        )
+    except TypeError:  # opentelemetry-api before the advisory parameter
+        return meter.create_histogram(name, unit=unit, description=description)
 
 
 def _counts(stats: PoolStats) -> Iterable[Observation]:
