@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+CORE    = $(VENV)/.core
 
 .PHONY: help venv test test-quick lint demo bench clean
 
@@ -16,11 +17,16 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The library and its dependencies only: all that `make demo` needs.
+$(CORE): pyproject.toml
 	@command -v pg_config >/dev/null || { echo "pg_config not found: PyGreSQL builds against libpq; install libpq-dev and gcc (apt-get install libpq-dev gcc)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@touch $(CORE)
+
+# Plus the test and lint tools and the optional integrations (OpenTelemetry, Prometheus).
+$(STAMP): $(CORE)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -34,10 +40,14 @@ test-pygresql: $(STAMP)
 	$(PY) tools/pygresql_compat/run.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pgregistry tests examples benchmarks
+	$(VENV)/bin/ruff check pgregistry tests examples benchmarks tools
 	$(VENV)/bin/mypy pgregistry
+	$(VENV)/bin/mypy --strict tests/unit tools
+	$(VENV)/bin/mypy --strict tests/server
+	$(VENV)/bin/mypy --strict tests/fault
+	$(VENV)/bin/mypy --strict tests/conftest.py
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(PY) examples/demo.py
 
 bench:

@@ -1,7 +1,8 @@
 """The ``pgregistry`` command: ``check`` a configuration, ``ping`` its pools.
 
 Exit status: 0 when everything is fine, 1 when a pool could not be reached, 2 when the
-configuration is invalid or the command line is wrong. Secrets are masked in all output.
+configuration is invalid, missing, or the command line is wrong. Secrets are masked in all
+output.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from . import __version__
 from .config import PoolSettings, Settings, load_settings
 from .conninfo import redact
-from .errors import ConfigError, UnknownPoolError
+from .errors import ConfigError, InvalidTenantError, UnknownPoolError
 from .registry import Registry
 from .steady import SteadyPgConnection
 
@@ -38,9 +40,17 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except ConfigError as exc:
         print(f"pgregistry: {exc}", file=sys.stderr)
         return 2
+    except (UnicodeError, OSError) as exc:  # the configuration layer should say ConfigError
+        print(f"pgregistry: invalid configuration: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    if not settings.pools and not settings.tenants and not settings.disabled:
+        print(f"pgregistry: no configuration: {_where_looked(args.config)}", file=sys.stderr)
+        return 2
     try:
         if args.command == "check":
             return _check(settings, as_json=args.json, out=out)
+        if args.tenant is not None:
+            return _ping_tenants(settings, args.names, args.tenant, as_json=args.json, out=out)
         return _ping(settings, args.names, as_json=args.json, out=out)
     except BrokenPipeError:
         # The reader went away (pgregistry check | head): no traceback, no flush error.
@@ -53,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgregistry", description="Check and ping the pools of a pgpools.toml configuration."
     )
+    parser.add_argument("--version", action="version", version=f"pgregistry {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -71,7 +82,14 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="connect to each pool's server; print its version and round-trip latency",
     )
-    ping.add_argument("names", nargs="*", metavar="NAME", help="pools to ping (default: all)")
+    ping.add_argument(
+        "names", nargs="*", metavar="NAME", help="pools (or, with --tenant, templates) to ping"
+    )
+    ping.add_argument(
+        "--tenant",
+        metavar="KEY",
+        help="ping that tenant's pool of each named tenant template (default: every template)",
+    )
     return parser
 
 
@@ -83,7 +101,7 @@ def _check(settings: Settings, *, as_json: bool, out: TextIO) -> int:
     out.write(f"configuration: {settings.source}\n")
     if not settings.pools and not settings.tenants:
         out.write("no pools configured\n")
-    if settings.pools:
+    if settings.pools or settings.disabled:
         rows = [["pool", "target", *_SIZE_KEYS]]
         for name in sorted(settings.pools):
             pool = settings.pools[name]
@@ -92,6 +110,8 @@ def _check(settings: Settings, *, as_json: bool, out: TextIO) -> int:
             rows.append(
                 [name + marker, _target(pool)] + [_cell(described.get(k)) for k in _SIZE_KEYS]
             )
+        for name in sorted(settings.disabled):
+            rows.append([name, "disabled (enabled = false)"] + ["-" for _ in _SIZE_KEYS])
         _table(rows, out)
     if settings.tenants:
         out.write("\ntenant templates\n")
@@ -137,6 +157,10 @@ def _ping(settings: Settings, names: list[str], *, as_json: bool, out: TextIO) -
         registry.close()
         return 2
     results = [_ping_one(settings.pools[n]) for n in (names or sorted(settings.pools))]
+    return _report(results, as_json=as_json, out=out)
+
+
+def _report(results: list[dict[str, Any]], *, as_json: bool, out: TextIO) -> int:
     if as_json:
         json.dump(results, out, indent=2)
         out.write("\n")
@@ -151,10 +175,50 @@ def _ping(settings: Settings, names: list[str], *, as_json: bool, out: TextIO) -
     return 0 if all(r["ok"] for r in results) else 1
 
 
-def _ping_one(pool: PoolSettings) -> dict[str, Any]:
+def _ping_tenants(
+    settings: Settings, names: list[str], key: str, *, as_json: bool, out: TextIO
+) -> int:
+    """Ping tenant ``key``'s pool of each template in ``names`` (default: every template)."""
+    templates = names or sorted(settings.tenants)
+    unknown = [n for n in templates if n not in settings.tenants]
+    if unknown:
+        known = ", ".join(sorted(settings.tenants)) or "(none)"
+        for name in unknown:
+            print(
+                f"pgregistry: unknown tenant template {name!r}; configured templates: {known}",
+                file=sys.stderr,
+            )
+        return 2
+    pools: list[PoolSettings] = []
+    for name in templates:
+        try:
+            pools.append(settings.tenants[name].for_tenant(key))
+        except InvalidTenantError as exc:
+            print(f"pgregistry: {exc}", file=sys.stderr)
+            return 2
+    results = [
+        _ping_one(pool, label=f"{name}.{key}") for name, pool in zip(templates, pools, strict=True)
+    ]
+    return _report(results, as_json=as_json, out=out)
+
+
+def _where_looked(config: str | None) -> str:
+    """Where the configuration was looked for, for the message when there is none."""
+    if config:
+        return f"{config} has no pools"
+    named = os.environ.get("PGPOOLS_CONFIG")
+    file = os.path.abspath(named or "pgpools.toml")
+    how = "named by $PGPOOLS_CONFIG" if named else "$PGPOOLS_CONFIG is not set"
+    return (
+        f"no file at {file} ({how}) and no PGPOOLS__... environment variables; "
+        "see README.md, Configuration"
+    )
+
+
+def _ping_one(pool: PoolSettings, label: str | None = None) -> dict[str, Any]:
     """Open one connection the way the pool would, run SELECT 1 a few times, close it."""
     kwargs = pool.pool_kwargs()
-    result: dict[str, Any] = {"pool": pool.name, "ok": False}
+    result: dict[str, Any] = {"pool": label or pool.name, "ok": False}
     try:
         conn = SteadyPgConnection(
             None,

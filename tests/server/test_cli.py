@@ -384,3 +384,71 @@ def test_console_script_and_python_m_print_the_same(config: Path, tmp_path: Path
     assert by_module.returncode == by_script.returncode == 0
     assert by_module.stdout == by_script.stdout
     assert "app (default)" in by_module.stdout
+
+
+# -- what a newcomer trips on (#16) --------------------------------------------------------------
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    import pgregistry
+
+    with pytest.raises(SystemExit) as leaving:
+        cli.main(["--version"])
+    assert leaving.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pgregistry {pgregistry.__version__}"
+
+
+@pytest.mark.parametrize("command", ["check", "ping"])
+def test_no_configuration_at_all_exits_2_saying_where_it_looked(
+    command: str, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_main([command], capsys)
+    assert code == 2
+    assert str(clean_env / "pgpools.toml") in err
+    assert "PGPOOLS_CONFIG is not set" in err and "PGPOOLS__" in err
+
+
+def test_disabled_pools_are_listed_by_check(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGPOOLS__POOLS__REPORTS__ENABLED", "false")
+    code, out, _ = run_main(["check", "--config", str(config)], capsys)
+    assert code == 0
+    line = next(row for row in out.splitlines() if row.startswith("reports"))
+    assert "disabled" in line
+
+
+def test_ping_tenant_reaches_a_tenant_pool(
+    tmp_path: Path, shared_kwargs: dict[str, Any], app_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host, port, user, db = (shared_kwargs[k] for k in ("host", "port", "user", "dbname"))
+    path = tmp_path / "tenants.toml"
+    path.write_text(
+        f"""
+[tenants.shop]
+host = "{host}"
+port = {port}
+user = "{user}"
+dbname = "{db}"
+application_name = "{app_name}_{{tenant}}"
+"""
+    )
+    code, out, err = run_main(["ping", "--config", str(path), "--tenant", "acme"], capsys)
+    assert code == 0, err
+    assert "shop.acme" in out and " ok " in out
+    code, _, err = run_main(["ping", "--config", str(path), "--tenant", "Bad Key!"], capsys)
+    assert code == 2 and "tenant" in err, err
+    code, _, err = run_main(
+        ["ping", "shop", "nope", "--config", str(path), "--tenant", "a"], capsys
+    )
+    assert code == 2 and "unknown tenant template 'nope'" in err
+
+
+def test_invalid_utf8_in_the_configuration_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'[pools.app]\ndbname = "caf\xe9"\n')
+    code, _, err = run_main(["check", "--config", str(path)], capsys)
+    assert code == 2
+    assert "Traceback" not in err

@@ -104,8 +104,7 @@ def test_one_line_use_from_many_threads_gives_typed_values(
     assert not any(thread.is_alive() for thread in threads), "a thread hung"
     assert not errors, errors[:3]
     assert done[0] == 8 * 15
-    stats = pool.stats()
-    assert stats["in_use"] == 0 or pool.connection().close() is None
+    assert pool.stats()["in_use"] == 0  # every held connection came back
 
 
 @pytest.mark.parametrize(

@@ -257,11 +257,12 @@ def test_unreachable_server_without_reconnect_timeout_tries_once(
 def test_unknown_connection_keyword_is_refused_at_construction(
     target: dict[str, Any], keyword: str
 ) -> None:
+    unknown: dict[str, Any] = {keyword: "x", **target}
     with pytest.raises(TypeError, match=rf"^{keyword}: not a connection argument") as caught:
-        PooledPg(0, **{keyword: "x"}, **target)
+        PooledPg(0, **unknown)
     assert "conninfo" in str(caught.value)
     with pytest.raises(TypeError, match=rf"^{keyword}:"):
-        SteadyPgConnection(None, None, True, **{keyword: "x"}, **target)
+        SteadyPgConnection(None, None, True, **unknown)
 
 
 def test_too_many_positional_connection_arguments_are_refused(target: dict[str, Any]) -> None:
