@@ -15,8 +15,11 @@ What it does, in order:
    place orders in ``app`` (``pgregistry.connection()``, the default pool) and write one
    audit row per order (``pgregistry.connection("audit")``); 2 threads read aggregates from
    ``reports`` (``pgregistry.get("reports").connection()``, a read-only session).
-5. Prints what was done and every pool's stats, closes the pools and stops whatever server it
-   started: also on Ctrl-C and SIGTERM.
+5. Shows the headline features: a killed backend and a restarted server under load (the
+   restart on a throwaway cluster of the demo's own, never on the configured server), a
+   configuration reload, a password that never shows, and a tenant pool.
+6. Prints what was done and every pool's stats with what each column means, closes the pools
+   and stops whatever server it started: also on Ctrl-C and SIGTERM.
 
 Run it with ``make demo`` or ``python examples/demo.py [--seconds 2]``; exit status 0 when all
 went well.
@@ -45,7 +48,8 @@ from typing import Any
 import pg
 
 import pgregistry
-from pgregistry.config import Settings, load_settings
+from pgregistry import InvalidTenantError, PooledPg, Registry
+from pgregistry.config import Settings, load_settings, settings_from_mapping
 from pgregistry.conninfo import build_conninfo, quote_ident
 from pgregistry.testing import TemporaryCluster, find_pg_bindir, server_answers
 
@@ -395,10 +399,134 @@ def run_work(seconds: float, stop: threading.Event) -> Tally:
     return tally
 
 
-STATS_COLUMNS = (
-    "open", "idle", "in_use", "maxconnections", "checkouts", "waits", "wait_ms", "timeouts",
-    "opened", "resets",
-)  # fmt: skip
+# -- headline features ---------------------------------------------------------------------------
+
+
+def survive_a_killed_backend(settings: Settings) -> str | None:
+    """Kill the backend of a pooled connection between two queries; the second still works."""
+    pool = pgregistry.get("app")
+    before = pool.stats()["reopened"]
+    with pool.connection() as db:
+        pid = db.backend_pid
+        with connect(admin_conninfo(settings)) as admin:
+            admin.query("SELECT pg_terminate_backend($1)", (pid,))
+        time.sleep(0.1)  # let the server end it
+        db.query("SELECT 1")  # found dead before sending: reopened, then run
+        now = db.backend_pid
+    reopened = pool.stats()["reopened"] - before
+    say(f"killed backend {pid} under a pooled connection: the next query ran on backend {now}"
+        f" ({reopened} reopened, 0 errors)")  # fmt: skip
+    return None if reopened == 1 and now != pid else "the killed backend was not reopened"
+
+
+def survive_a_restart(seconds: float = 1.5) -> str | None:
+    """4 threads query a throwaway cluster while it restarts; count errors and reopens."""
+    try:
+        find_pg_bindir()
+    except RuntimeError:
+        say("restart: skipped (no initdb/pg_ctl on this machine to start a cluster to restart)")
+        return None
+    with TemporaryCluster(max_connections=20) as cluster:
+        kwargs = cluster.connect_kwargs()
+        dsn = build_conninfo({**{k: str(v) for k, v in kwargs.items()}, "connect_timeout": "5"})
+        ok, errors = [0], []
+        stop = threading.Event()
+        with PooledPg(
+            4, 4, 4, True, name="restart-demo", reconnect_timeout=15.0, dbname=dsn
+        ) as pool:
+
+            def work() -> None:
+                for _ in range(100_000):  # bounded; the stop event ends it
+                    if stop.is_set():
+                        return
+                    try:
+                        with pool.connection() as db:
+                            db.query("SELECT 1")
+                        ok[0] += 1
+                    except Exception as exc:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                    time.sleep(0.002)
+
+            threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(seconds / 3)
+            started = time.monotonic()
+            cluster.restart("fast")
+            outage = time.monotonic() - started
+            time.sleep(seconds / 3)
+            stop.set()
+            for thread in threads:
+                thread.join(20)
+            reopened = pool.stats()["reopened"]
+    say(f"restarted the server under 4 threads ({outage:.2f} s down): {ok[0]} queries,"
+        f" {len(errors)} errors, {reopened} reopened")  # fmt: skip
+    return f"restart: {errors[0]}" if errors else None
+
+
+def reload_and_mask() -> None:
+    """Change a pool from the environment, reload without dropping anyone; show the mask."""
+    registry = pgregistry.default_registry
+    os.environ["PGPOOLS__POOLS__REPORTS__MAXCONNECTIONS"] = "3"
+    os.environ["PGPOOLS__POOLS__AUDIT__PASSWORD"] = "demo-s3cret"  # trust auth ignores it
+    result = registry.reload()
+    limit = registry.get("reports").stats()["maxconnections"]
+    say(f"reload: changed {list(result.changed)}, unchanged {list(result.unchanged)};"
+        f" reports now has maxconnections={limit}")  # fmt: skip
+    audit = registry.settings.pools["audit"]
+    shown = f"{audit!r} {audit.describe()}"
+    hidden = "demo-s3cret" not in shown
+    masked = audit.describe()["password"]
+    say(f"a password set as PGPOOLS__POOLS__AUDIT__PASSWORD shows as {masked!r}"
+        f" (absent from repr and describe(): {hidden})")  # fmt: skip
+
+
+def tenants(settings: Settings) -> str | None:
+    """A tenant template: one pool per key, built on first use; a hostile key is refused."""
+    params = settings.pools["app"].libpq_params()
+    template = {
+        "host": params.get("host", "127.0.0.1"),
+        "port": int(params.get("port", "5432")),
+        "user": params.get("user"),
+        "dbname": params.get("dbname"),
+        "application_name": "pgregistry-demo-{tenant}",
+        "maxconnections": 2,
+        "max_pools": 10,
+    }
+    with Registry(settings_from_mapping({"tenants": {"shop": template}})) as registry:
+        with registry.connection("shop", tenant="acme") as db:
+            name = db.query("SELECT current_setting('application_name')").getresult()[0][0]
+        try:
+            registry.get("shop", tenant="acme'; DROP TABLE orders; --")
+            refused = "accepted (wrong!)"
+        except InvalidTenantError:
+            refused = "refused with InvalidTenantError before any I/O"
+        built = sorted(registry.stats()["tenants"]["shop"])
+    say(f"tenants: key 'acme' got its own pool {built} (application_name={name});"
+        f" a hostile key was {refused}")  # fmt: skip
+    return None if name == "pgregistry-demo-acme" and "refused" in refused else "tenant pool"
+
+
+STATS_LEGEND = (
+    ("open", "connections open now (idle + in_use)"),
+    ("idle", "open connections waiting in the pool"),
+    ("in_use", "connections checked out now"),
+    ("maxconnections", "the pool's cap on open connections"),
+    ("checkouts", "connections handed out so far"),
+    (
+        "waits",
+        "checkouts that waited for a connection (the cap at work: audit is capped at 2"
+        " for 8 workers)",
+    ),
+    ("wait_ms", "total time those checkouts waited"),
+    ("timeouts", "waits that gave up after the pool's timeout"),
+    ("opened", "connections opened, reopens included"),
+    ("reopened", "lost connections reopened transparently (the killed backend above)"),
+    ("resets", "round trips spent cleaning a connection on return (reset policy)"),
+)
+
+
+STATS_COLUMNS = tuple(name for name, _ in STATS_LEGEND)
 
 
 def stats_table(stats: dict[str, Any]) -> list[str]:
@@ -446,11 +574,25 @@ def main(argv: list[str] | None = None) -> int:
             prepare(settings)
             tally = run_work(seconds, stop)
             say()
+            for problem in (
+                survive_a_killed_backend(settings),
+                survive_a_restart(),
+                tenants(settings),
+            ):
+                if problem:
+                    tally.errors.append(problem)
+            say()
             say("pool stats:")
-            for line in stats_table(pgregistry.registry.stats()["pools"]):
+            for line in stats_table(pgregistry.default_registry.stats()["pools"]):
                 say("  " + line)
+            say("columns:")
+            for name, meaning in STATS_LEGEND:
+                say(f"  {name:<15}{meaning}")
+            say()
+            reload_and_mask()
             for error in tally.errors:
                 say(f"error: {error}")
+            say(f"{len(tally.errors)} errors")
             return 1 if tally.errors else 0
         except KeyboardInterrupt:
             say("interrupted (Ctrl-C): cleaning up")
@@ -461,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             stop.set()
-            pgregistry.registry.close()
+            pgregistry.default_registry.close()
             if server is not None and server.kind != "configured":
                 server.stop()
                 say(f"stopped {server.describe()}")

@@ -23,7 +23,8 @@ from pgregistry import ConfigError
 
 def main() -> int:
     try:
-        settings = pgregistry.registry.settings  # the process-wide registry loads on first use
+        # The process-wide registry loads its configuration on first use.
+        settings = pgregistry.default_registry.settings
     except ConfigError as exc:  # lists every problem, by variable name
         print(exc, file=sys.stderr)
         return 2

@@ -92,13 +92,30 @@ def assert_demo_output(out: str) -> None:
     assert orders > 0
     assert f"audit:   {orders} audit rows, one per order" in out
     assert re.search(r"reports: [1-9]\d* aggregate queries .*transaction_read_only=on", out)
-    table = out.split("pool stats:\n", 1)[1].splitlines()
+    table = out.split("pool stats:\n", 1)[1].split("columns:\n", 1)[0].splitlines()
     assert table[0].split()[:4] == ["pool", "open", "idle", "in_use"]
     rows = {line.split()[0]: line.split() for line in table[2:] if line.strip()}
     assert set(POOLS) <= set(rows)
     checkouts = table[0].split().index("checkouts")
-    # One checkout per order in each pool, and one for the summary's count.
-    assert int(rows["audit"][checkouts]) == int(rows["app"][checkouts]) == orders + 1
+    # One checkout per order in each pool, one for the summary's count, and (app) one for the
+    # killed backend.
+    assert int(rows["audit"][checkouts]) == orders + 1
+    assert int(rows["app"][checkouts]) == orders + 2
+    reopened = table[0].split().index("reopened")
+    assert int(rows["app"][reopened]) == 1
+    # The headline features, each with its outcome.
+    assert re.search(
+        r"killed backend \d+ under a pooled connection: .* \(1 reopened, 0 errors\)", out
+    )
+    if "restart: skipped" not in out:
+        assert re.search(r"restarted the server under 4 threads .*: \d+ queries, 0 errors,", out)
+    assert "tenants: key 'acme' got its own pool ['acme']" in out
+    assert "a hostile key was refused with InvalidTenantError" in out
+    assert re.search(r"reload: changed \['audit', 'reports'\], unchanged \['app'\]", out)
+    assert "shows as '********' (absent from repr and describe(): True)" in out
+    assert "demo-s3cret" not in out
+    assert "  waits          checkouts that waited" in out  # the columns are explained
+    assert "\n0 errors\n" in out
 
 
 # -- the demo ----------------------------------------------------------------------------------
