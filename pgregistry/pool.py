@@ -75,6 +75,37 @@ _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
 _OWN_FILES = frozenset({__file__, leak.__file__})
 
 
+class _LogFields(logging.Filter):
+    """Adds a pool's fields (``pool``, ``tenant``, ...) to every record of its logger.
+
+    A filter on the pool's own logger, so no call site has to pass them; the steady
+    connections of the pool log on the same logger. A record's own ``extra`` wins.
+    """
+
+    def __init__(self, fields: dict[str, object]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            if key not in record.__dict__:
+                setattr(record, key, value)
+        return True
+
+    @classmethod
+    def attach(cls, logger: logging.Logger, pool: str) -> dict[str, object]:
+        """The fields dict of ``logger``'s filter (one per logger: pools rebuilt by a reload
+        share their name, and so their logger)."""
+        for existing in logger.filters:
+            if isinstance(existing, cls):
+                existing.fields.clear()
+                existing.fields["pool"] = pool
+                return existing.fields
+        fields: dict[str, object] = {"pool": pool}
+        logger.addFilter(cls(fields))
+        return fields
+
+
 class _Waiter:
     """A caller waiting for a connection. Its lock is held until something is handed over."""
 
@@ -233,6 +264,9 @@ class PooledPg:
 
         self.name = name or f"pool{next(_pool_numbers)}"
         self.logger = logging.getLogger(f"pgregistry.pool.{self.name}")
+        #: Fields every log record of this pool carries as attributes (``record.pool``, and
+        #: ``record.tenant`` for a tenant pool), for JSON formatters; see :class:`_LogFields`.
+        self.log_fields: dict[str, object] = _LogFields.attach(self.logger, self.name)
         self._mincached = mincached
         self._maxcached = maxcached
         self._maxconnections = maxconnections
@@ -659,7 +693,9 @@ class PooledPg:
                     self._wait_ns += waited_ns
                     message = self._timeout_message(waited_ns / 1e9)
         if message:
-            self.logger.warning("%s", message)
+            self.logger.warning(
+                "%s", message, extra={"wait_ms": round(waited_ns / 1e6, 1)}
+            )
             observer = self._observer
             if observer is not None:
                 self._notify(observer.on_timeout)

@@ -240,7 +240,9 @@ class Registry:
         self, settings: Settings, template: TenantSettings
     ) -> Callable[[PoolSettings, str], PooledPg]:
         def make_pool(pool_settings: PoolSettings, key: str) -> PooledPg:
-            return self._new_pool(settings, pool_settings, name=f"{template.name}.{key}")
+            pool = self._new_pool(settings, pool_settings, name=f"{template.name}.{key}")
+            pool.log_fields.update(tenant=key, template=template.name)
+            return pool
 
         return make_pool
 

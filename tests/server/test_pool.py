@@ -957,3 +957,18 @@ def test_a_budget_timeout_hands_its_place_to_the_next_waiter(make_pool: MakePool
     busy.close()  # idle now: the second caller's budget wait may close it and take the unit
     t2.join(10)
     assert second == [[(1,)]], second
+
+
+def test_log_records_carry_the_pool_name_and_the_wait_for_json_formatters(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(0, 0, 1, True, timeout=0.1, name="pgrt_fields")
+    held = pool.connection()
+    with pytest.raises(PoolTimeoutError):
+        pool.connection()
+    held.close()
+    records = [r for r in caplog.records if r.name == "pgregistry.pool.pgrt_fields"]
+    assert records and all(getattr(r, "pool", None) == "pgrt_fields" for r in records)
+    timeout = next(r for r in records if "no connection after" in r.getMessage())
+    assert 50 <= getattr(timeout, "wait_ms", 0) < 30_000
+    assert "%s" in timeout.msg  # %-style messages stay

@@ -10,6 +10,7 @@ somewhere else, or run SQL, and the test would see it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -551,3 +552,20 @@ def test_evicted_tenant_pools_show_in_registry_stats(
     reg.get("any", tenant="first")
     reg.get("any", tenant="second")  # max_pools 1: the idle pool of "first" makes room
     assert reg.stats()["tenants_evicted"] == {"any": 1}
+
+
+def test_tenant_pool_log_records_carry_the_tenant_key(
+    world: World,
+    app_name: str,
+    make_registry: Callable[..., Registry],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pgregistry")
+    reg = make_registry({"tenants": {"any": plain(world, app_name)}})
+    with reg.connection("any", tenant="acme") as db:
+        db.query("SELECT 1")
+    records = [r for r in caplog.records if r.name == "pgregistry.pool.any.acme"]
+    checkout = [r for r in records if "checkout" in r.getMessage()]
+    assert checkout, [r.getMessage() for r in records]
+    assert all(getattr(r, "tenant", None) == "acme" for r in checkout)
+    assert all(getattr(r, "pool", None) == "any.acme" for r in checkout)
