@@ -1130,6 +1130,8 @@ class PooledPg:
         self._idle = deque()
         self._waiters = deque()
         self._checked_out = set()
+        # Results held in the parent: their connections are the parent's too.
+        self._held = []
         self._size = 0
         self._opening = 0
         self._counts = dict.fromkeys(COUNTERS, 0)

@@ -972,3 +972,25 @@ def test_log_records_carry_the_pool_name_and_the_wait_for_json_formatters(
     timeout = next(r for r in records if "no connection after" in r.getMessage())
     assert 50 <= getattr(timeout, "wait_ms", 0) < 30_000
     assert "%s" in timeout.msg  # %-style messages stay
+
+
+def test_forked_child_never_touches_a_connection_held_by_a_parents_result(
+    make_pool: MakePool, monitor: Monitor, run_in_child: RunInChild
+) -> None:
+    pool = make_pool(0, 0, 2)
+    result = pool.connection().query("SELECT pg_backend_pid()")  # held: the result is unread
+    parent_pid = result.getresult()[0][0]
+
+    def child() -> dict[str, Any]:
+        before = pool.stats()
+        with pool.connection() as c:
+            pid = backend(c)
+        return {"in_use_before": before["in_use"], "pid": pid}
+
+    got = run_in_child(child)
+    assert got["in_use_before"] == 0 and got["pid"] != parent_pid
+    assert monitor.alive(parent_pid)
+    assert result.getresult()[0][0] == parent_pid
+    del result
+    with pool.connection() as conn:  # released: the parent gets its held connection back
+        assert backend(conn) == parent_pid
