@@ -521,9 +521,17 @@ class PooledPg:
                 raise PoolClosedError(f"pool {self.name!r} is closed")
             if self._idle:
                 return None
-            if not self._maxconnections or self._size < self._maxconnections:
+            below_limit = not self._maxconnections or self._size < self._maxconnections
+            if below_limit and (not self._blocking or not self._opening):
                 self._size += 1
                 self._opening += 1
+            elif below_limit:
+                # Grow one connection at a time: an open is under way, so wait for it, or for
+                # a connection to come back, whichever is first. A burst of callers on a cold
+                # pool then opens only what the load needs, not one connection per caller.
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+                waiter.looking = bool(self._held)
             else:
                 if not self._blocking:
                     self._counts[Counter.REFUSED] += 1
@@ -574,6 +582,16 @@ class PooledPg:
         with self._lock:
             self._opening -= 1
             self._checkouts += count
+            if (
+                self._waiters
+                and not self._closed
+                and not self._opening
+                and (not self._maxconnections or self._size < self._maxconnections)
+            ):
+                # Callers are still waiting: the oldest opens the next connection.
+                self._size += 1
+                self._opening += 1
+                self._hand_over(_PLACE)
         return slot
 
     def _hand_over(self, result: Slot | object) -> None:

@@ -994,3 +994,34 @@ def test_forked_child_never_touches_a_connection_held_by_a_parents_result(
     del result
     with pool.connection() as conn:  # released: the parent gets its held connection back
         assert backend(conn) == parent_pid
+
+
+def test_a_burst_on_a_cold_pool_grows_one_connection_at_a_time(make_pool: MakePool) -> None:
+    """HikariCP's spike: many callers at once, slow connects, short queries. Opening one
+    connection per caller (what the pool did) ends with maxconnections open; growing one at a
+    time, with returned connections serving waiters first, opens what the load needs."""
+
+    def slow_connect(db: pg.DB) -> None:
+        time.sleep(0.3)  # every open takes 300 ms; the queries take well under 1 ms
+
+    pool = make_pool(0, 0, 20, True, setsession=slow_connect, timeout=60)
+    errors: list[BaseException] = []
+    start = threading.Barrier(30)
+
+    def caller() -> None:
+        try:
+            start.wait(10)
+            for _ in range(5):
+                with pool.connection() as db:
+                    db.query("SELECT 1")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    join_all(threads, 60.0)
+    assert not errors, errors[:3]
+    stats = pool.stats()
+    assert stats["checkouts"] == 150
+    assert stats["opened"] <= 10, stats  # one per caller, up to 20, before
