@@ -168,7 +168,10 @@ def _report(results: list[dict[str, Any]], *, as_json: bool, out: TextIO) -> int
         rows = [["pool", "status", "server", "latency / error"]]
         for r in results:
             if r["ok"]:
-                rows.append([r["pool"], "ok", r["server_version"], f"{r['latency_ms']:.2f} ms"])
+                latency = f"{r['latency_ms']:.2f} ms"
+                if r["pooler"]:
+                    latency += " (through a connection pooler such as PgBouncer)"
+                rows.append([r["pool"], "ok", r["server_version"], latency])
             else:
                 rows.append([r["pool"], "FAILED", "-", r["error"]])
         _table(rows, out)
@@ -233,13 +236,18 @@ def _ping_one(pool: PoolSettings, label: str | None = None) -> dict[str, Any]:
                 conn.query("SELECT 1")
                 rounds.append((time.perf_counter() - started) * 1000)
             version = int(conn.server_version)
+            server_pid = conn.query("SELECT pg_backend_pid()").getresult()[0][0]
+            pooler = server_pid != conn.backend_pid
         finally:
             conn.close()
     except Exception as exc:
         result["error"] = redact(" ".join(str(exc).split()))
         return result
     result.update(
-        ok=True, server_version=_version(version), latency_ms=round(statistics.median(rounds), 3)
+        ok=True,
+        server_version=_version(version),
+        latency_ms=round(statistics.median(rounds), 3),
+        pooler=pooler,
     )
     return result
 

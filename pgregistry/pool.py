@@ -305,6 +305,9 @@ class PooledPg:
         self._limit_hits = 0
         self._limit_logged_at = -_LIMIT_LOG_INTERVAL
         self._observer: PoolObserver | None = None
+        #: Whether a server-side pooler was found in the way at the first open (None: not
+        #: known yet). See _detect_pooler.
+        self.pooler_detected: bool | None = None
 
         self._own_maintenance = maintenance is None
         self._maintenance = maintenance
@@ -356,6 +359,8 @@ class PooledPg:
             if lifetime
             else float("inf")
         )
+        if self.pooler_detected is None:
+            self._detect_pooler(conn)
         with self._lock:
             self._counts[Counter.OPENED] += 1
             generation = self._generation
@@ -363,6 +368,30 @@ class PooledPg:
         if restart and self._maintenance is not None:
             self._maintenance.ensure_running()
         return Slot(conn, expires, generation)
+
+    def _detect_pooler(self, conn: SteadyPgConnection) -> None:
+        """At the first open: is a server-side pooler (PgBouncer, ...) between us and the server?
+
+        libpq's backend pid is the pooler's own; the server's ``pg_backend_pid()`` differs
+        behind one. One round trip, once per pool. Said once, at INFO, with what it means.
+        """
+        try:
+            raw: Any = conn.db  # the libpq connection: this use must not count for maxusage
+            server_pid = raw.query("SELECT pg_backend_pid()").getresult()[0][0]
+            pooled = server_pid != raw.backend_pid
+        except Exception:
+            return  # not worth failing an open for; the next open asks again
+        self.pooler_detected = pooled
+        if pooled:
+            self.logger.info(
+                "pool %r: a connection pooler such as PgBouncer is in the way (backend pid %s"
+                " at connect, %s on the server); under transaction pooling, session state "
+                "(SET, LISTEN, temporary tables, prepared statements, advisory locks) does not "
+                "stay with a connection between transactions",
+                self.name,
+                raw.backend_pid,
+                server_pid,
+            )
 
     def _on_event(self, event: Counter) -> None:
         with self._lock:
