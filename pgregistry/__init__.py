@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from .errors import (
+    AuthenticationError,
     ConfigError,
     ConnectionLostError,
     InvalidConnectionError,
@@ -30,6 +31,7 @@ from .steady import SteadyPgConnection
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
     "ConnectionLostError",
     "InvalidConnectionError",

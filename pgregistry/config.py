@@ -301,7 +301,11 @@ class PoolSettings(_Frozen):
         "On return: 0/rollback_if_needed, 1/rollback, 2/reconnect, discard.",
         ResetPolicy.ROLLBACK_IF_NEEDED,
     )
-    retry_after_reopen: bool = _doc("Run a call again after a transparent reopen.", True)
+    retry_after_reopen: bool | Literal["always"] = _doc(
+        "After a transparent reopen, run the call again when it cannot have reached the server"
+        " (true), never (false), or also when it was lost in flight ('always': it may run twice).",
+        True,
+    )
     reconnect_timeout: _Seconds = _doc("Seconds an (re)open keeps retrying (0: once).", 0.0)
 
     # health

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pg
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
     "ConnectionLostError",
     "InvalidConnectionError",
@@ -75,6 +76,10 @@ class ServerUnavailableError(pg.OperationalError, pg.InternalError, PgRegistryEr
     """The server could not be reached; the message is libpq's, with any password removed."""
 
 
+class AuthenticationError(ServerUnavailableError):
+    """The server refused the login (password, role, database, pg_hba.conf); never retried."""
+
+
 class ConnectionLostError(pg.OperationalError, PgRegistryError):
     """The connection to the server was lost where it could not be reopened transparently."""
 
@@ -90,6 +95,7 @@ for _cls in (
     InvalidTenantError,
     ConfigError,
     ServerUnavailableError,
+    AuthenticationError,
     ConnectionLostError,
 ):
     _cls.__module__ = "pgregistry"

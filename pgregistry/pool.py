@@ -26,7 +26,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from . import leak
 from .budget import ServerBudget
@@ -45,6 +45,7 @@ from .steady import (
     SetSession,
     SteadyPgConnection,
     check_connect_args,
+    check_retry,
     normalize_setsession,
     secrets_of,
 )
@@ -218,7 +219,7 @@ class PooledPg:
         *args: Any,
         name: str | None = None,
         timeout: float | None = 30.0,
-        retry_after_reopen: bool = True,
+        retry_after_reopen: bool | Literal["always"] = True,
         reconnect_timeout: float = 0.0,
         max_lifetime: float | None = 3600.0,
         max_idle: float | None = 600.0,
@@ -272,7 +273,7 @@ class PooledPg:
         self._maxconnections = maxconnections
         self._blocking = bool(blocking)
         self._maxusage = maxusage
-        self._retry = bool(retry_after_reopen)
+        self._retry = check_retry(retry_after_reopen)
         self._args = args
         self._kwargs = kwargs
         self._secrets = secrets_of(args, kwargs)

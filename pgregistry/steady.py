@@ -30,12 +30,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pg
 
 from .conninfo import redact
-from .errors import ConnectionLostError, InvalidConnectionError, ServerUnavailableError
+from .errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    InvalidConnectionError,
+    ServerUnavailableError,
+)
 from .policies import ResetPolicy
 from .stats import Counter
 
@@ -51,6 +56,16 @@ _log = logging.getLogger("pgregistry.connection")
 # Statements that end a transaction when sent as raw SQL through query().
 _ENDS_TRANSACTION = re.compile(r"\s*(commit|end|rollback|abort)\b(?!\s+to\b)", re.IGNORECASE)
 _IS_COMMIT = re.compile(r"\s*(commit|end)\b", re.IGNORECASE)
+
+# libpq's words for a refused login (PyGreSQL's connect errors carry no SQLSTATE): retrying
+# cannot help, unlike a server that is down, starting up or full.
+_AUTH_FAILURE = re.compile(
+    r"password authentication failed|authentication failed for user|no pg_hba\.conf entry"
+    r"|role \"[^\"]*\" does not exist|database \"[^\"]*\" does not exist"
+    r"|no password supplied|permission denied for database|certificate authentication failed"
+    r"|is not permitted to log in|SCRAM authentication requires",
+    re.IGNORECASE,
+)
 
 # Reconnect backoff: first pause and cap, in seconds.
 _BACKOFF_START = 0.02
@@ -86,6 +101,17 @@ def normalize_setsession(setsession: object) -> tuple[str, ...] | Callable[[pg.D
         "setsession: must be None, an SQL string, a list of SQL strings or a callable taking "
         f"the pg.DB, got {type(setsession).__name__}"
     )
+
+
+def check_retry(value: object) -> bool | Literal["always"]:
+    """``retry_after_reopen``: True (run again only what cannot have reached the server),
+    False (never run again) or ``"always"`` (also a statement lost in flight: it may run twice).
+    """
+    if value == "always":
+        return "always"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"retry_after_reopen: must be true, false or 'always' (got {value!r})")
 
 
 # What pg.connect() (and so pg.DB) accepts, in its positional order.
@@ -175,7 +201,7 @@ class SteadyPgConnection(_DBAPI):
         setsession: SetSession = None,
         closeable: bool = False,
         *args: Any,
-        retry_after_reopen: bool = True,
+        retry_after_reopen: bool | Literal["always"] = True,
         reconnect_timeout: float | None = 0.0,
         **kwargs: Any,
     ) -> None:
@@ -189,7 +215,7 @@ class SteadyPgConnection(_DBAPI):
         self._maxusage: int = maxusage or sys.maxsize
         self._setsession = normalize_setsession(setsession)
         self._closeable = closeable
-        self._retry = retry_after_reopen
+        self._retry = check_retry(retry_after_reopen)
         self._reconnect_timeout = reconnect_timeout or 0.0
         self._args = args
         self._kwargs = kwargs
@@ -198,6 +224,8 @@ class SteadyPgConnection(_DBAPI):
         self._usage = 0
         self._db: pg.DB | None = None
         self._cnx: Any = None  # the C-level pg.Connection inside self._db
+        self._poller: Any = None  # readable-socket check before sending (see _run)
+        self._dead = False  # found dead before sending; reopen before the next call
         #: Column type oids whose typecasts this pg.DB has resolved (see prime_types).
         self._primed: set[int] = set()
         self._pid = os.getpid()
@@ -219,6 +247,9 @@ class SteadyPgConnection(_DBAPI):
                 return pg.DB(*self._args, **self._kwargs)
             except pg.Error as exc:
                 message = redact(str(exc).strip(), self._secrets)
+            if _AUTH_FAILURE.search(message):
+                # Waiting does not fix a wrong password or a missing role: fail at once.
+                raise AuthenticationError(message) from None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 # Raised outside the except block so that not even __context__ keeps libpq's
@@ -250,6 +281,9 @@ class SteadyPgConnection(_DBAPI):
         old = self._db
         self._db, self._cnx = db, db.db
         self._primed = set()
+        self._dead = False
+        self._poller = select.poll()  # not select.select: that fails for descriptors > 1023
+        self._poller.register(db.db.socket, select.POLLIN)  # type: ignore[union-attr]
         self._transaction = False
         self._usage = 0
         if old is not None:
@@ -410,7 +444,7 @@ class SteadyPgConnection(_DBAPI):
     def is_lost(self) -> bool:
         """True when libpq reports the connection broken (no round trip is made)."""
         cnx = self._cnx
-        return cnx is None or not cnx.status
+        return cnx is None or self._dead or not cnx.status
 
     def ping(self) -> bool:
         """One round trip (``SELECT``); False if the connection is dead or busy."""
@@ -446,15 +480,58 @@ class SteadyPgConnection(_DBAPI):
         """Call ``func(pg.DB, *args, **kwargs)`` with reopen-and-retry outside transactions."""
         db = self._live_db()
         state = self._cnx.transaction()
-        if self._usage >= self._maxusage and state == _TRANS_IDLE and not self._transaction:
-            self._open_new()
-            db = self._live_db()
+        if state == _TRANS_IDLE and not self._transaction:
+            if self._usage >= self._maxusage:
+                self._open_new()
+                db = self._live_db()
+            elif self._dead or (self._poller.poll(0) and self._dead_before_sending()):
+                # Found dead before anything was sent (a restart or a killed backend while
+                # the connection sat idle): reopening and sending there runs it once.
+                if not self._dead:
+                    self._dead = True  # counted once, however often the reopen fails
+                    self._event(Counter.LOST)
+                self._reopen_after_loss()
+                if not self._retry:
+                    raise ConnectionLostError(
+                        f"connection found lost before {func.__name__}() was sent; reopened "
+                        "but not run (retry_after_reopen is off)"
+                    )
+                db = self._live_db()
         try:
             result = func(db, *args, **kwargs)
         except Exception as exc:
             return self._recover(exc, state, func, args, kwargs)
         self._usage += 1
         return result
+
+    def _dead_before_sending(self) -> bool:
+        """The idle connection has something to read: is it the end (EOF or a FATAL error)?
+
+        An idle connection receives nothing but notices, notifications and parameter
+        changes, unless the server is ending it: then a FATAL ErrorResponse ('E') and
+        end-of-file arrive. A peek (nothing is consumed) tells which, without a round trip.
+        """
+        cnx = self._cnx
+        try:
+            peer = socket.socket(fileno=cnx.socket)
+        except (OSError, TypeError, ValueError):
+            return cnx is None or not cnx.status
+        try:
+            first = peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            peer.detach()  # the descriptor stays libpq's
+        if first not in (b"", b"E"):
+            return False  # a notice, notification or parameter change: the connection lives
+        # Let libpq read the end itself, so it marks the connection bad: later calls and
+        # is_lost() see the loss, and it is counted once. Nothing but the FATAL error and the
+        # end-of-file is pending, so no notification is consumed here.
+        with contextlib.suppress(Exception):
+            cnx.getnotify()
+        return True
 
     def _recover(
         self,
@@ -467,7 +544,7 @@ class SteadyPgConnection(_DBAPI):
         """Handle a failed call: re-raise SQL errors, reopen lost connections where safe."""
         if self._cnx is not None and self._cnx.status:
             raise exc  # the connection is fine: an error about the SQL or the arguments
-        if state != _TRANS_UNKNOWN:
+        if state != _TRANS_UNKNOWN and not self._dead:
             self._event(Counter.LOST)  # once per loss, not again for each call on a known-dead one
         ends = _ending_statement(func, args)
         # UNKNOWN before the call means the connection was already dead: no live transaction
@@ -478,9 +555,22 @@ class SteadyPgConnection(_DBAPI):
             self._transaction = True
             if ends is not None:
                 return self._end_lost_transaction(ends, exc)
-            # from None: PyGreSQL's LookupError is plumbing, not a cause worth showing.
-            raise _lost_error(exc, "inside a transaction; end it with rollback()") from None
-        self._reopen_after_loss()
+            raise ConnectionLostError(
+                "connection to the server lost inside a transaction: it was rolled back; end "
+                "it with rollback()"
+            ) from _cause(exc)
+        in_flight = (
+            state != _TRANS_UNKNOWN and self._retry != "always" and not _ended_by_server(exc)
+        )
+        if ends == "rollback" or not self._retry or in_flight:
+            # No second run: reopen now if the server answers, else before the next call.
+            self._dead = True
+            try:
+                self._reopen_after_loss()
+            except ServerUnavailableError as down:
+                self.logger.warning("connection lost; reopen failed, retried at next use: %s", down)
+        else:
+            self._reopen_after_loss()
         if ends == "rollback":
             return None  # nothing to roll back on the new connection
         if not self._retry:
@@ -488,6 +578,14 @@ class SteadyPgConnection(_DBAPI):
                 f"connection lost during {func.__name__}(); reopened but not retried "
                 "(retry_after_reopen is off)"
             ) from None
+        if in_flight:
+            # Sent on a connection that looked alive: the server may have run it (a write may
+            # be committed) before the reply was lost. Running it again could do it twice.
+            raise ConnectionLostError(
+                f"connection lost during {func.__name__}() after it was sent: the outcome is "
+                "unknown (a write may have been committed); the statement was not run again "
+                "(retry_after_reopen='always' would) and the connection is reopened"
+            ) from _cause(exc)
         try:
             result = func(self._db, *args, **kwargs)
         except Exception as again:
@@ -512,7 +610,10 @@ class SteadyPgConnection(_DBAPI):
             except ServerUnavailableError as down:
                 self.logger.warning("connection lost in a transaction; reopen failed: %s", down)
             return None
-        raise _lost_error(exc, "before the transaction was committed; it was rolled back") from None
+        raise ConnectionLostError(
+            "connection lost during COMMIT: the outcome is unknown (the server may have "
+            "committed before the reply was lost); check before running the transaction again"
+        ) from _cause(exc)
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -599,6 +700,26 @@ def _ending_statement(func: Callable[..., Any], args: tuple[Any, ...]) -> str | 
     ):
         return "commit" if _IS_COMMIT.match(args[0]) else "rollback"
     return None
+
+
+# The server's own FATAL reply to a statement it was told to stop (pg_terminate_backend, a fast
+# or smart shutdown, recovery conflicts): the statement was aborted with its transaction, so it
+# did not run and may be sent again. Any other loss after sending leaves the outcome unknown.
+_SERVER_ENDED = re.compile(
+    r"terminating connection due to (administrator command|conflict with recovery)"
+    r"|the database system is shutting down",
+    re.IGNORECASE,
+)
+
+
+def _ended_by_server(exc: Exception) -> bool:
+    """True when the call failed because the server ended the session before running it."""
+    return bool(_SERVER_ENDED.search(str(exc)))
+
+
+def _cause(exc: Exception) -> Exception | None:
+    """What a ConnectionLostError chains to: PyGreSQL's error, not its LookupError plumbing."""
+    return exc if isinstance(exc, pg.Error) else None
 
 
 def _lost_error(exc: Exception, where: str) -> Exception:
