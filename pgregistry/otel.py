@@ -216,7 +216,7 @@ class Instrumentation:
             if not self._active:
                 return
             self._active = False
-        self.registry.observe(None)
+        self.registry.unobserve(self._observer)
         self.flush()
 
     def __repr__(self) -> str:

@@ -219,7 +219,7 @@ class PrometheusInstrumentation:
             return
         self._active = False
         self._stop.set()
-        self.registry.observe(None)
+        self.registry.unobserve(self._observer)
         collectors: list[Any] = [self.create_time, self.wait_time, self.use_time, self.timeouts]
         collectors += list(self._gauges.values())
         if self._collector is not None:

@@ -52,6 +52,34 @@ _log = logging.getLogger("pgregistry.registry")
 ObserverFactory = Callable[[PooledPg], PoolObserver | None]
 
 
+class _FanOut:
+    """One pool observer passing every event to several (see :meth:`Registry.observe`)."""
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: list[PoolObserver]) -> None:
+        self._observers = tuple(observers)
+
+    def __bool__(self) -> bool:
+        return bool(self._observers)
+
+    def on_connect(self, seconds: float) -> None:
+        for observer in self._observers:
+            observer.on_connect(seconds)
+
+    def on_checkout(self, waited: float) -> None:
+        for observer in self._observers:
+            observer.on_checkout(waited)
+
+    def on_checkin(self, used: float) -> None:
+        for observer in self._observers:
+            observer.on_checkin(used)
+
+    def on_timeout(self) -> None:
+        for observer in self._observers:
+            observer.on_timeout()
+
+
 @dataclass(frozen=True)
 class ReloadResult:
     """What :meth:`Registry.reload` changed, by pool name."""
@@ -92,7 +120,7 @@ class Registry:
         self._maintenance = Maintenance("pgregistry-maintenance")
         self._closed = False
         # Applied to every pool built from now on (see observe()).
-        self._observer_factory: ObserverFactory | None = None
+        self._observer_factories: tuple[ObserverFactory, ...] = ()
         _REGISTRIES.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -257,30 +285,45 @@ class Registry:
             budget=self._budget(settings, pool_settings),
             **kwargs,
         )
-        factory = self._observer_factory
-        if factory is not None:
-            self._attach(pool, factory)
+        if self._observer_factories:
+            self._attach(pool)
         return pool
 
     def observe(self, factory: ObserverFactory | None) -> None:
-        """Attach ``factory(pool)``'s observer to every built pool and every pool built later.
+        """Add ``factory``: ``factory(pool)``'s observer watches every built pool and every pool
+        built later, tenant pools included (it may return None to leave a pool out).
 
-        Tenant pools included. ``factory`` may return None to leave a pool unobserved;
-        ``observe(None)`` detaches the observers of every pool. Calls ``PooledPg.observe()``.
+        Several factories may be added (OpenTelemetry and Prometheus side by side); each pool
+        then gets one observer that passes every event to all of theirs. ``observe(None)``
+        removes every factory; :meth:`unobserve` removes one.
         """
         with self._lock:
-            self._observer_factory = factory
+            self._observer_factories = (
+                () if factory is None else (*self._observer_factories, factory)
+            )
+        self._reattach()
+
+    def unobserve(self, factory: ObserverFactory) -> None:
+        """Remove a factory added by :meth:`observe` (no error if it is not there)."""
+        with self._lock:
+            self._observer_factories = tuple(
+                f for f in self._observer_factories if f != factory
+            )
+        self._reattach()
+
+    def _reattach(self) -> None:
+        with self._lock:
             pools = {id(p): p for p in self._pools.values()}
             groups = list(self._tenants.values())
         for group in groups:
             for pool in group.pools():
                 pools[id(pool)] = pool
         for pool in pools.values():
-            self._attach(pool, factory)
+            self._attach(pool)
 
-    @staticmethod
-    def _attach(pool: PooledPg, factory: ObserverFactory | None) -> None:
-        pool.observe(None if factory is None else factory(pool))
+    def _attach(self, pool: PooledPg) -> None:
+        observers = [o for f in self._observer_factories if (o := f(pool)) is not None]
+        pool.observe(observers[0] if len(observers) == 1 else _FanOut(observers) or None)
 
     def _budget(self, settings: Settings, pool_settings: PoolSettings) -> ServerBudget | None:
         server = settings.server_of(pool_settings)

@@ -259,3 +259,25 @@ def test_prometheus_multiprocess_mode_sums_real_worker_processes(
     assert samples[("db_client_connection_max", pool_label("app"))] == 8
     assert samples[("db_client_connection_wait_time_seconds_count", pool_label("app"))] == 3
     assert all(worker.returncode == 0 for worker in workers)
+
+
+def test_otel_and_prometheus_observe_one_registry_side_by_side(
+    make_registry: MakeRegistry, shared_kwargs: dict[str, Any], app_name: str
+) -> None:
+    registry = make_registry(config(shared_kwargs, app_name))
+    reader = InMemoryMetricReader()
+    otel = pgregistry.otel.instrument(registry, MeterProvider(metric_readers=[reader]))
+    prometheus_registry = CollectorRegistry()
+    prom = pgregistry.prometheus.instrument(registry, prometheus_registry, multiprocess=False)
+    registry.get("app").connection().close()
+    samples = parse(generate_latest(prometheus_registry).decode())
+    assert samples[("db_client_connection_wait_time_seconds_count", pool_label("app"))] == 1
+    waits = {
+        p.attributes[POOL]: p.count for p in otel_points(reader)["db.client.connection.wait_time"]
+    }
+    assert waits == {"app": 1}
+    otel.uninstrument()  # the other one keeps observing
+    registry.get("app").connection().close()
+    samples = parse(generate_latest(prometheus_registry).decode())
+    assert samples[("db_client_connection_wait_time_seconds_count", pool_label("app"))] == 2
+    prom.uninstrument()
