@@ -1,7 +1,24 @@
 """pgregistry: a declarative registry of hardened PostgreSQL connection pools for PyGreSQL.
 
-``PooledPg`` and ``SteadyPgConnection`` keep the classic PooledPg/SteadyPg API (``pg.DB``
-methods, same constructor order) and fix its known faults; see README.md.
+Start from the registry: declare pools in ``pgpools.toml`` (or ``PGPOOLS__...`` variables),
+then ask for a connection by pool name::
+
+    import pgregistry
+
+    with pgregistry.connection("billing") as db:      # a pooled, steady pg.DB
+        db.query("SELECT 1")
+    with pgregistry.transaction("billing") as db:     # begin, commit, or roll back on error
+        db.insert("invoice", customer=42)
+
+``pgregistry.get(name, tenant=None)`` is the pool itself (built on first use, once);
+``pgregistry.default_registry`` is the process-wide :class:`Registry` behind these, which reads
+``$PGPOOLS_CONFIG`` or ``./pgpools.toml`` lazily and closes at exit; build your own
+``Registry(settings)`` or ``Registry.from_config(path)`` for more control.
+
+Underneath, ``PooledPg`` and ``SteadyPgConnection`` keep the classic PooledPg/SteadyPg API
+(``pg.DB`` methods, same constructor order) and fix its known faults. Errors derive from
+``PgRegistryError`` (and keep PyGreSQL's ``pg.Error`` bases where they describe the server).
+See README.md.
 """
 
 from __future__ import annotations

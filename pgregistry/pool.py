@@ -76,6 +76,29 @@ _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
 _OWN_FILES = frozenset({__file__, leak.__file__})
 
 
+class _RateLimit:
+    """Whether a repeating message is due: at most once per ``interval`` seconds.
+
+    :meth:`hit` counts an occurrence and returns how many to report (0: not yet due).
+    Approximate under threads by design: a lost count only shortens a log line.
+    """
+
+    __slots__ = ("_count", "_interval", "_said_at")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._said_at = -interval
+        self._count = 0
+
+    def hit(self) -> int:
+        self._count += 1
+        now = _monotonic()
+        if now < self._said_at + self._interval:
+            return 0
+        count, self._count, self._said_at = self._count, 0, now
+        return count
+
+
 class _LogFields(logging.Filter):
     """Adds a pool's fields (``pool``, ``tenant``, ...) to every record of its logger.
 
@@ -306,6 +329,7 @@ class PooledPg:
         self._limit_hits = 0
         self._limit_logged_at = -_LIMIT_LOG_INTERVAL
         self._observer: PoolObserver | None = None
+        self._refill_failures = _RateLimit(_LIMIT_LOG_INTERVAL)
         #: Whether a server-side pooler was found in the way at the first open (None: not
         #: known yet). See _detect_pooler.
         self.pooler_detected: bool | None = None
@@ -457,7 +481,14 @@ class PooledPg:
             if raise_errors:
                 self.close()
                 raise error
-            self.logger.warning("pool %r: could not refill to mincached: %s", self.name, error)
+            failures = self._refill_failures.hit()
+            if failures:  # a server that stays down would say this every second
+                self.logger.warning(
+                    "pool %r: could not refill to mincached (%d time(s) since last said): %s",
+                    self.name,
+                    failures,
+                    error,
+                )
 
     # -- checkout -----------------------------------------------------------------------------
 
@@ -575,7 +606,10 @@ class PooledPg:
                 limit_hits = self._count_limit_hit()
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
         if limit_hits:
-            self.logger.warning(
+            # Waiting at the limit is a blocking pool doing its job: INFO. Refusing callers
+            # (blocking off) is an error for them: WARNING. Timeouts warn on their own.
+            self.logger.log(
+                logging.INFO if self._blocking else logging.WARNING,
                 "pool %r: maxconnections (%d) reached %d time(s) since last said; callers %s",
                 self.name,
                 self._maxconnections,

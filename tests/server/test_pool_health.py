@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import pg
 import pytest
 
 from pgregistry import PooledPg, PoolTimeoutError, TooManyConnectionsError
@@ -423,3 +424,39 @@ def test_forked_child_has_no_maintenance_thread_until_it_uses_the_pool(
 
     assert result == {"before": 0, "after": 1}
     assert len(maintenance_threads(pool)) == 1  # the parent's thread is untouched
+
+
+def test_waiting_at_maxconnections_on_a_blocking_pool_is_info_not_warning(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgregistry")
+    pool = make_pool(0, 1, 1, True, timeout=5)
+    held = pool.connection()
+    waiter = threading.Thread(target=lambda: pool.connection().close())
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while pool.stats()["waiting"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    held.close()
+    waiter.join(10)
+    said = [r for r in caplog.records if "maxconnections (1) reached" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert "wait (blocking)" in said[0].getMessage()
+
+
+def test_refill_failures_are_said_once_per_interval_with_a_count(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(1, 1, 2)
+    with pool.connection() as db:
+        db.steady.close()  # the server connection is closed: it is dropped on return
+    assert pool.stats()["open"] == 0
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise pg.InternalError("connection to server failed: Connection refused")
+
+    monkeypatch.setattr(pg, "DB", refuse)  # the server is down for every refill attempt
+    for _ in range(5):
+        pool.maintain()
+    said = [r for r in caplog.records if "could not refill to mincached" in r.getMessage()]
+    assert len(said) == 1 and "1 time(s)" in said[0].getMessage()
