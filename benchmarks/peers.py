@@ -20,10 +20,10 @@ import itertools
 import operator
 import queue
 from collections.abc import Callable
-from importlib import metadata
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pgregistry.testing import TemporaryCluster as Cluster
+if TYPE_CHECKING:  # imported lazily: the callgrind children start faster without it
+    from pgregistry.testing import TemporaryCluster as Cluster
 
 __all__ = [
     "DRIVERS",
@@ -350,6 +350,8 @@ POOL_PEERS: list[type[Peer]] = [PgRegistryPeer, DBUtilsPeer, PsycopgPoolPeer, SQ
 
 def versions() -> dict[str, str]:
     """Installed versions of every library measured."""
+    from importlib import metadata
+
     out: dict[str, str] = {}
     for dist in (
         "pgregistry",

@@ -42,6 +42,8 @@ REQUIREMENTS = [
     "psycopg_pool>=3.2",
     "SQLAlchemy>=2.0",
     "psycopg2-binary>=2.9",
+    # Charts for docs/benchmarks.md; a benchmark tool, never a dependency of pgregistry.
+    "matplotlib>=3.8",
 ]
 _REEXEC_MARK = "PGREGISTRY_BENCH_VENV"
 # Every pool of a measure is open at once (up to 8 pools/baselines x 8 connections), plus the
