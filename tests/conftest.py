@@ -17,6 +17,7 @@ Two kinds of server:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,24 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     work.mkdir()
     monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture
+def connect_attempts(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every ``pg.DB(...)`` connect attempt from now on, as its monotonic start time.
+
+    The real ``pg.DB`` still connects: this only counts, so a test can tell a retry loop from
+    a single attempt without timing anything.
+    """
+    attempts: list[float] = []
+    real_db = pg.DB
+
+    def counting_db(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        return real_db(*args, **kwargs)
+
+    monkeypatch.setattr(pg, "DB", counting_db)
+    return attempts
 
 
 # -- the shared server ---------------------------------------------------------------------

@@ -13,16 +13,8 @@ from pgregistry import AuthenticationError, PooledPg, ServerUnavailableError
 
 @pytest.mark.parametrize("what", ["role", "database"])
 def test_a_refused_login_is_not_retried(
-    shared_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch, what: str
+    shared_kwargs: dict[str, Any], connect_attempts: list[float], what: str
 ) -> None:
-    attempts: list[object] = []
-    real_db = pg.DB
-
-    def counting_db(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(args)
-        return real_db(*args, **kwargs)
-
-    monkeypatch.setattr(pg, "DB", counting_db)
     target = dict(shared_kwargs)
     if what == "role":
         target["user"] = "pgrt_no_such_role"
@@ -30,7 +22,7 @@ def test_a_refused_login_is_not_retried(
         target["dbname"] = "pgrt_no_such_database"
     with pytest.raises(AuthenticationError, match="does not exist") as caught:
         PooledPg(1, reconnect_timeout=30.0, passwd="pgrt-auth-s3cret", **target)
-    assert len(attempts) == 1  # not retried for 30 s
+    assert len(connect_attempts) == 1  # not retried for 30 s
     assert isinstance(caught.value, ServerUnavailableError)
     assert isinstance(caught.value, pg.OperationalError)
     assert "pgrt-auth-s3cret" not in str(caught.value) + repr(caught.value)

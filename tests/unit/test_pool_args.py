@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -219,16 +218,9 @@ def test_unreachable_server_at_checkout_raises_and_frees_the_place(
 
 
 def test_unreachable_server_with_reconnect_timeout_retries_then_raises(
-    target: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    target: dict[str, Any], connect_attempts: list[float]
 ) -> None:
-    attempts: list[float] = []
-    real_db = pg.DB
-
-    def counting_db(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(time.monotonic())
-        return real_db(*args, **kwargs)
-
-    monkeypatch.setattr(pg, "DB", counting_db)
+    attempts = connect_attempts
     with pytest.raises(ServerUnavailableError, match="Connection refused"):
         PooledPg(1, reconnect_timeout=0.3, **target)
     # The backoff starts at 20 ms and grows by half up to 250 ms: several tries in 0.3 s, and
@@ -238,19 +230,11 @@ def test_unreachable_server_with_reconnect_timeout_retries_then_raises(
 
 
 def test_unreachable_server_without_reconnect_timeout_tries_once(
-    target: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    target: dict[str, Any], connect_attempts: list[float]
 ) -> None:
-    attempts: list[object] = []
-    real_db = pg.DB
-
-    def counting_db(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(args)
-        return real_db(*args, **kwargs)
-
-    monkeypatch.setattr(pg, "DB", counting_db)
     with pytest.raises(ServerUnavailableError):
         PooledPg(1, **target)
-    assert len(attempts) == 1
+    assert len(connect_attempts) == 1
 
 
 @pytest.mark.parametrize("keyword", ["application_name", "sslmode", "dbnmae", "password"])
