@@ -829,7 +829,9 @@ class PooledPg:
             # have come free, with no one queued to be handed it: take that instead.
             if self._idle and not self._closed:
                 waiter.result = self._idle.pop()
-            elif not self._closed and self._size < self._maxconnections:
+            elif not self._closed and (
+                not self._maxconnections or self._size < self._maxconnections
+            ):
                 self._size += 1
                 self._opening += 1
                 waiter.result = _PLACE
