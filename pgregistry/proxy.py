@@ -186,3 +186,27 @@ def _install_forwarders() -> None:
 
 
 _install_forwarders()
+
+
+def _notification_handler(
+    self: PooledPgConnection,
+    event: str,
+    callback: Callable[..., Any],
+    arg_dict: dict[str, Any] | None = None,
+    timeout: float | None = None,
+    stop_event: str | None = None,
+) -> pg.NotificationHandler:
+    """A ``pg.NotificationHandler`` on this proxy: ``handler.db is db``.
+
+    The handler holds the proxy, so the connection stays with this borrower (it is not
+    collected and returned) while the handler exists; ``handler.close()`` returns it.
+    """
+    self._live()
+    return pg.NotificationHandler(self, event, callback, arg_dict, timeout, stop_event)
+
+
+PooledPgConnection.notification_handler = _notification_handler  # type: ignore[method-assign,assignment]
+# Aliases as in pg.DB (and SteadyPgConnection): the same methods, so db.start == db.begin.
+PooledPgConnection.start = PooledPgConnection.begin
+PooledPgConnection.end = PooledPgConnection.commit
+PooledPgConnection.abort = PooledPgConnection.rollback
