@@ -947,6 +947,9 @@ def test_a_budget_timeout_hands_its_place_to_the_next_waiter(make_pool: MakePool
     while pool.stats()["open"] == 0 and budget.stats()["waits"] == 0:
         assert time.monotonic() < deadline
         time.sleep(0.005)
+    # The second caller comes half a second later, so its own wait (1.0 s) outlasts the first
+    # caller's budget wait, whose timeout is checked every 50 ms.
+    time.sleep(0.5)
     t2 = threading.Thread(target=second_caller)
     t2.start()
     while pool.stats()["waiting"] == 0:
@@ -1025,3 +1028,22 @@ def test_a_burst_on_a_cold_pool_grows_one_connection_at_a_time(make_pool: MakePo
     stats = pool.stats()
     assert stats["checkouts"] == 150
     assert stats["opened"] <= 10, stats  # one per caller, up to 20, before
+
+
+def test_a_notification_handler_holds_the_pooled_connection_it_was_made_on(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(0, 0, 1)
+    db = pool.connection()
+    handler = db.notification_handler("pgrt_channel", lambda arg_dict: None, timeout=0.1)
+    assert handler.db is db  # the object the user holds, not the raw pg.DB
+    del db  # the handler keeps the proxy, so the connection stays checked out
+    assert pool.stats()["in_use"] == 1
+    handler.close()  # unlistens and gives the connection back
+    assert pool.stats()["in_use"] == 0
+    assert db_aliases_match(pool)
+
+
+def db_aliases_match(pool: PooledPg) -> bool:
+    with pool.connection() as db:
+        return bool(db.start == db.begin and db.end == db.commit and db.abort == db.rollback)
