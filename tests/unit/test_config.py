@@ -70,7 +70,7 @@ KEY_TABLE: dict[str, Key] = {
     "maxcached": Key("7", "7", 7),
     "maxconnections": Key("9", "9", 9),
     # behaviour
-    "blocking": Key("true", "true", True),
+    "blocking": Key("false", "false", False),
     "timeout": Key('"none"', "none", None),
     "maxusage": Key("100", "100", 100),
     "setsession": Key(
@@ -840,8 +840,8 @@ def test_pool_kwargs_defaults() -> None:
     assert kwargs == {
         "mincached": 0,
         "maxcached": 0,
-        "maxconnections": 0,
-        "blocking": False,
+        "maxconnections": 10,
+        "blocking": True,
         "maxusage": None,
         "setsession": None,
         "reset": ResetPolicy.ROLLBACK_IF_NEEDED,

@@ -8,7 +8,7 @@ file, variable or secret file to fix.
 Precedence, lowest first (:data:`PRECEDENCE`): the TOML file, then secret files, then the
 environment. A later source replaces single keys of an earlier one; tables are merged key by
 key. ``[defaults]`` versus ``[pools.NAME]`` is a different question, settled in
-:mod:`pgregistry.config` after this merge.
+:mod:`pgregistry.config.loader` after this merge.
 
 Nothing here validates values: it reads, merges and remembers origins. It raises
 :class:`~pgregistry.errors.ConfigError` only when a source cannot be read at all (a named file
@@ -37,8 +37,8 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
-from .conninfo import TARGET_KEYWORDS, ConninfoError, parse_conninfo, redact
-from .errors import ConfigError
+from ..conninfo import TARGET_KEYWORDS, ConninfoError, parse_conninfo, redact
+from ..errors import ConfigError
 
 __all__ = [
     "CONFIG_ENV",
