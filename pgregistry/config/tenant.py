@@ -130,12 +130,13 @@ class TenantSettings(PoolSettings):
     def _identifiers(self, key: str, data: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         """``(field, name)`` for every identifier that ``key`` becomes part of.
 
-        PostgreSQL cuts names (databases, roles, schemas, application_name) at 63 bytes, so
-        those are what must fit: ``dbname``, ``user``, ``application_name`` and each
-        ``search_path`` entry whole; in ``options`` each comma-separated part of a ``-c``
-        value; in ``setsession`` the quoted key itself.
+        PostgreSQL cuts names (databases, roles, schemas) at 63 bytes, so those are what must
+        fit: ``dbname``, ``user`` and each ``search_path`` entry whole; in ``options`` each
+        comma-separated part of a ``-c`` value; in ``setsession`` the quoted key itself.
         """
-        for name in ("dbname", "user", "application_name"):
+        # application_name is cut at 63 bytes too, but it names nothing on the server: two
+        # tenants sharing one share no data, so it is left to display as PostgreSQL cuts it.
+        for name in ("dbname", "user"):
             value = data.get(name)
             if isinstance(value, str) and TENANT in value:
                 yield name, value.replace(TENANT, key)

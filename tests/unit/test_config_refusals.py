@@ -176,10 +176,16 @@ def test_template_that_fits_loads() -> None:
     assert settings.tenants["shop"].tenant_max_length == 42
 
 
-@pytest.mark.parametrize("field", ["dbname", "user", "application_name"])
+@pytest.mark.parametrize("field", ["dbname", "user"])
 def test_libpq_names_that_can_pass_63_bytes_are_refused_at_load(field: str) -> None:
     with pytest.raises(ConfigError, match=f"tenants.shop.{field}: with a tenant key"):
         settings_from_mapping({"tenants": {"shop": {field: "a_rather_long_prefix_{tenant}"}}})
+
+
+def test_application_name_is_left_to_postgresql_to_cut() -> None:
+    # It names no object: two tenants with one cut application_name share no data.
+    shop = _template(application_name="a_rather_long_application_name_prefix_{tenant}")
+    assert shop.for_tenant("k" * 48).application_name is not None
 
 
 def _template(**keys: object) -> TenantSettings:
