@@ -133,7 +133,7 @@ def _check(settings: Settings, *, as_json: bool, out: TextIO) -> int:
                 owner = settings.server_of(tables[name])
                 if owner in members:
                     members[owner].append(kind + name)
-        rows = [["server", "host", "port", "max_connections", "pools"]]
+        rows = [["server", "host", "port", "maxconnections", "pools"]]
         for name in sorted(settings.servers):
             server = settings.servers[name]
             pools = ", ".join(members[name]) or "-"
@@ -258,7 +258,7 @@ def _version(number: int) -> str:
 
 
 def _default_name(settings: Settings) -> str | None:
-    return settings.default or ("default" if "default" in settings.pools else None)
+    return settings.default_pool_name()
 
 
 def _target(pool: PoolSettings) -> str:

@@ -16,6 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from .options import SECRET_KEYS
+from .sql import escape_option, quote_ident, quote_literal
+
 __all__ = [
     "LIBPQ_KEYWORDS",
     "MASK",
@@ -23,12 +26,15 @@ __all__ = [
     "TARGET_KEYWORDS",
     "ConninfoError",
     "build_conninfo",
+    "escape_option",
     "is_conninfo",
     "is_uri",
     "mask_conninfo",
     "parse_conninfo",
     "parse_keyword_conninfo",
     "parse_uri",
+    "quote_ident",
+    "quote_literal",
     "quote_value",
     "redact",
 ]
@@ -106,9 +112,7 @@ TARGET_KEYWORDS: tuple[str, ...] = (
 )
 
 #: Keywords whose value is a secret: masked by :func:`mask_conninfo`, never shown anywhere.
-SECRET_KEYWORDS: frozenset[str] = frozenset(
-    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
-)
+SECRET_KEYWORDS: frozenset[str] = SECRET_KEYS - {"passwd", "conninfo"}
 
 _URI_PREFIXES = ("postgresql://", "postgres://")
 # libpq splits keyword strings on C isspace() in the "C" locale: exactly these six characters.
@@ -312,6 +316,14 @@ def parse_uri(text: str) -> dict[str, str]:
             break
     if at < len(rest) and rest[at] == "@":
         userinfo, rest = rest[:at], rest[at + 1 :]
+        authority = re.split(r"[/?]", rest, maxsplit=1)[0]
+        if "@" in authority:
+            # libpq would take "u:p@ss@host" as password "p" at host "ss@host": the password's
+            # tail would then be shown as a host name in every message. Refuse, echoing nothing.
+            raise ConninfoError(
+                'the URI has more than one "@" before its path, so user, password and host '
+                'cannot be told apart; percent-encode "@" in the password as %40'
+            )
         user, colon, password = userinfo.partition(":")
         if user:
             _store(out, "user", _uri_decode(user), what="the URI")
@@ -410,8 +422,9 @@ def mask_conninfo(text: str) -> str:
 # password=secret, password = 'it''s secret', password="x" (keyword strings and repr-ed dicts);
 # an unquoted value may hold backslash escapes, as libpq reads it.
 _KEYWORD_SECRET = re.compile(
-    r"""(?P<key>\b(?:password|passwd|sslpassword|oauth_client_secret|scram_client_key"""
-    r"""|scram_server_key)['"]?\s*[=:]\s*)"""
+    r"(?P<key>\b(?:"
+    + "|".join(sorted(SECRET_KEYS - {"conninfo"}, key=len, reverse=True))
+    + r""")['"]?\s*[=:]\s*)"""
     r"""(?P<value>'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|(?:\\.|[^\s\\,;&)}\]])+)""",
     re.IGNORECASE,
 )
@@ -436,35 +449,3 @@ def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
             out = out.replace(secret, MASK)
     out = _URI_SECRET.sub(lambda m: m.group("head") + MASK, out)
     return _KEYWORD_SECRET.sub(lambda m: m.group("key") + MASK, out)
-
-
-# -- SQL and server-option quoting (tenant keys are untrusted input) -------------------------
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as an SQL identifier: double quotes, embedded quotes doubled."""
-    if "\x00" in name:
-        raise ValueError("an SQL identifier cannot contain a NUL character")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """``value`` as an SQL string literal, safe whatever ``standard_conforming_strings`` is.
-
-    Plain ``'...'`` with quotes doubled; with a backslash in it, the ``E'...'`` form with
-    backslashes doubled too, which reads the same under either setting.
-    """
-    if "\x00" in value:
-        raise ValueError("an SQL literal cannot contain a NUL character")
-    quoted = value.replace("'", "''")
-    if "\\" in value:
-        return "E'" + quoted.replace("\\", "\\\\") + "'"
-    return "'" + quoted + "'"
-
-
-def escape_option(value: str) -> str:
-    """``value`` for the ``options`` keyword, where the server splits words on white space.
-
-    A backslash escapes the next character there, so white space and backslashes are escaped.
-    """
-    return re.sub(r"([\s\\])", r"\\\1", value)

@@ -217,7 +217,7 @@ class Registry:
 
     def _resolve(self, name: str | None, settings: Settings) -> str:
         if name is None:
-            default = settings.default or ("default" if "default" in settings.pools else None)
+            default = settings.default_pool_name()
             if default is None:
                 raise UnknownPoolError(
                     'no default pool: name one with default = "..." or declare [pools.default]'
@@ -408,7 +408,7 @@ class Registry:
             keep: dict[str | None, PooledPg] = {
                 n: p for n, p in old_pools.items() if n is not None and n in unchanged
             }
-            new_default = settings.default or ("default" if "default" in settings.pools else None)
+            new_default = settings.default_pool_name()
             if new_default in keep:
                 keep[None] = keep[new_default]
             retired = [p for n, p in old_pools.items() if n is not None and n not in keep]

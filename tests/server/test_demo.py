@@ -443,7 +443,7 @@ def test_env_only_example_configures_everything_from_the_environment(
     assert "pools from the environment: web, jobs" in proc.stdout
     assert "default pool: web" in proc.stdout
     assert "web: " in proc.stdout and "maxconnections 8" in proc.stdout
-    assert "statement_timeout 30s, maxconnections unlimited" in proc.stdout
+    assert "statement_timeout 30s, maxconnections 10" in proc.stdout  # bounded by default
 
     # Next to a pgpools.toml, it refuses: a stray file must not configure the service.
     refused = run_example([str(EXAMPLES / "env_only.py")], env, cwd=REPO)

@@ -30,6 +30,7 @@ from pgregistry.config import (
 from pgregistry.conninfo import LIBPQ_KEYWORDS, MASK, parse_conninfo
 from pgregistry.errors import ConfigError
 from pgregistry.policies import PingPolicy, ResetPolicy
+from pgregistry.pool import PooledPg
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +71,7 @@ KEY_TABLE: dict[str, Key] = {
     "maxcached": Key("7", "7", 7),
     "maxconnections": Key("9", "9", 9),
     # behaviour
-    "blocking": Key("true", "true", True),
+    "blocking": Key("false", "false", False),
     "timeout": Key('"none"', "none", None),
     "maxusage": Key("100", "100", 100),
     "setsession": Key(
@@ -825,14 +826,14 @@ def test_pool_kwargs_match_pooledpg() -> None:
     assert set(kwargs) == {*POOL_OPTION_KEYS, "name", "dbname"} - {"enabled"}
     assert kwargs["name"] == "a" and kwargs["setsession"] == ["SET x = 1"]
     assert kwargs["ping"] is PingPolicy.ALWAYS and kwargs["dbname"] == "host=h"
-    try:
-        from pgregistry.pool import PooledPg
-    except ImportError:  # the pool module is written separately
-        return
     parameters = inspect.signature(PooledPg).parameters
     # dbname travels in **kwargs to pg.DB; everything else is a named parameter.
     assert set(kwargs) - {"dbname"} <= set(parameters), set(kwargs) - set(parameters)
     assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    # And PooledPg takes them as they are (mincached 0: nothing connects).
+    with PooledPg(**kwargs) as built:
+        stats = built.stats()
+    assert (stats["maxconnections"], stats["maxcached"]) == (10, 0), stats
 
 
 def test_pool_kwargs_defaults() -> None:
@@ -840,8 +841,8 @@ def test_pool_kwargs_defaults() -> None:
     assert kwargs == {
         "mincached": 0,
         "maxcached": 0,
-        "maxconnections": 0,
-        "blocking": False,
+        "maxconnections": 10,
+        "blocking": True,
         "maxusage": None,
         "setsession": None,
         "reset": ResetPolicy.ROLLBACK_IF_NEEDED,

@@ -158,7 +158,7 @@ def test_placeholders_are_substituted_in_every_allowed_field() -> None:
 
 @pytest.mark.parametrize("key", [k for k in HOSTILE_KEYS if "\x00" in k or len(k) < 60])
 def test_a_permissive_pattern_still_quotes_every_key_for_libpq(key: str) -> None:
-    shop = template(**FULL, tenant_pattern="(?s).+", tenant_max_length=100)
+    shop = template(**FULL, tenant_pattern="(?s).+", tenant_max_length=59)
     if not key or "\x00" in key:
         with pytest.raises(InvalidTenantError):
             shop.for_tenant(key)
@@ -178,7 +178,7 @@ def test_a_permissive_pattern_still_quotes_every_key_for_libpq(key: str) -> None
 
 @pytest.mark.parametrize("key", [k for k in HOSTILE_KEYS if k and "\x00" not in k and len(k) < 60])
 def test_a_permissive_pattern_still_quotes_every_key_for_sql(key: str) -> None:
-    pool = template(**FULL, tenant_pattern="(?s).+", tenant_max_length=100).for_tenant(key)
+    pool = template(**FULL, tenant_pattern="(?s).+", tenant_max_length=59).for_tenant(key)
     search_path, ident, lit = pool.setsession
     prefix = "SET search_path TO "
     assert search_path.startswith(prefix) and search_path.endswith(', "public"')
@@ -513,7 +513,7 @@ def test_mincached_over_the_budget_is_refused_with_the_server_path() -> None:
     )
     assert len(found) == 1
     message = found[0]
-    assert message.startswith("servers.main.max_connections: 10 is below the 12 connections")
+    assert message.startswith("servers.main.maxconnections: 10 is below the 12 connections")
     assert "app 4" in message and "shop 8" in message  # a template counts mincached x max_pools
 
 
@@ -542,7 +542,7 @@ def test_pools_are_matched_to_a_server_by_host_and_port() -> None:
         },
     }
     found = problems(data)
-    assert len(found) == 1 and found[0].startswith("servers.main.max_connections: 3 is below")
+    assert len(found) == 1 and found[0].startswith("servers.main.maxconnections: 3 is below")
     data["servers"]["main"]["max_connections"] = 4
     settings = settings_from_mapping(data)
     assert [settings.server_of(settings.pools[n]) for n in "abcd"] == [
@@ -566,8 +566,8 @@ def test_an_explicit_server_wins_over_host_matching() -> None:
 @pytest.mark.parametrize(
     "table, expected",
     [
-        ({}, "servers.main.max_connections: is required"),
-        ({"max_connections": 0}, "servers.main.max_connections: must be >= 1"),
+        ({}, "servers.main.maxconnections: is required"),
+        ({"max_connections": 0}, "servers.main.maxconnections: must be >= 1"),
         ({"max_connections": 5, "port": 0}, "servers.main.port: must be a port number"),
         ({"max_connections": 5, "hots": "x"}, "servers.main.hots: unknown key"),
     ],
@@ -605,7 +605,7 @@ TEMPLATE_KEYS: dict[str, Key] = {
 SERVER_KEYS: dict[str, Key] = {
     "host": Key('"db1"', "db1", "db1"),
     "port": Key("6432", "6432", 6432),
-    "max_connections": Key("90", "90", 90),
+    "maxconnections": Key("90", "90", 90),
 }
 
 
@@ -648,7 +648,7 @@ def test_template_key_from_env(key: str, monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.parametrize("key", sorted(SERVER_KEYS))
 def test_server_key_from_toml(key: str, tmp_path: Path) -> None:
     spec = SERVER_KEYS[key]
-    extra = "" if key == "max_connections" else "max_connections = 5\n"
+    extra = "" if key == "maxconnections" else "maxconnections = 5\n"
     path = _write(tmp_path / "pgpools.toml", f"[servers.main]\n{key} = {spec.toml}\n{extra}")
     assert getattr(load_settings(path).servers["main"], key) == spec.value
 
@@ -657,7 +657,7 @@ def test_server_key_from_toml(key: str, tmp_path: Path) -> None:
 def test_server_key_from_env(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = SERVER_KEYS[key]
     monkeypatch.setenv(f"PGPOOLS__SERVERS__MAIN__{key.upper()}", spec.env)
-    if key != "max_connections":
+    if key != "maxconnections":
         monkeypatch.setenv("PGPOOLS__SERVERS__MAIN__MAX_CONNECTIONS", "5")
     assert getattr(load_settings().servers["main"], key) == spec.value
 
@@ -684,7 +684,7 @@ def test_describe_shows_templates_and_servers_without_secrets() -> None:
         }
     )
     described = settings.describe()
-    assert described["servers"]["main"]["max_connections"] == 9
+    assert described["servers"]["main"]["maxconnections"] == 9
     shop = described["tenants"]["shop"]
     assert shop["search_path"] == ["s_{tenant}"] and shop["max_pools"] == 100
     assert shop["overrides"]["acme"]["maxconnections"] == 3

@@ -8,7 +8,7 @@ file, variable or secret file to fix.
 Precedence, lowest first (:data:`PRECEDENCE`): the TOML file, then secret files, then the
 environment. A later source replaces single keys of an earlier one; tables are merged key by
 key. ``[defaults]`` versus ``[pools.NAME]`` is a different question, settled in
-:mod:`pgregistry.config` after this merge.
+:mod:`pgregistry.config.loader` after this merge.
 
 Nothing here validates values: it reads, merges and remembers origins. It raises
 :class:`~pgregistry.errors.ConfigError` only when a source cannot be read at all (a named file
@@ -18,6 +18,7 @@ that does not exist, TOML that does not parse, a variable that is not valid JSON
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 import tomllib
@@ -37,8 +38,8 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
-from .conninfo import TARGET_KEYWORDS, ConninfoError, parse_conninfo, redact
-from .errors import ConfigError
+from ..conninfo import TARGET_KEYWORDS, ConninfoError, parse_conninfo, redact
+from ..errors import ConfigError
 
 __all__ = [
     "CONFIG_ENV",
@@ -237,6 +238,10 @@ def _read_toml(file: Path) -> _Layer:
         # tomllib's messages give line and column, never the text of the line.
         msg = f"{file}: not valid TOML: {redact(exc)}"
         raise ConfigError(f"invalid configuration: {msg}", [msg]) from None
+    except UnicodeDecodeError as exc:
+        # Never the bytes themselves: they may be part of a password.
+        msg = f"{file}: not valid UTF-8 (at byte {exc.start}); save the file as UTF-8"
+        raise ConfigError(f"invalid configuration: {msg}", [msg]) from None
     except OSError as exc:
         msg = f"{file}: cannot be read: {exc.strerror or exc}"
         raise ConfigError(f"invalid configuration: {msg}", [msg]) from None
@@ -253,7 +258,17 @@ def _env_label(path: Path_, names: Mapping[str, str]) -> str:
     return "environment"
 
 
+def _undecodable(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (Python keeps them as surrogates)."""
+    return any("\ud800" <= char <= "\udfff" for char in text)
+
+
 def _read_env(env: Mapping[str, str], problems: list[str]) -> _Layer:
+    for name, value in env.items():
+        if name.upper().startswith(ENV_PREFIX) and (_undecodable(name) or _undecodable(value)):
+            shown = name if not _undecodable(name) else ascii(name)
+            msg = f"environment: {shown} is not valid UTF-8; set it as UTF-8 text"
+            raise ConfigError(f"invalid configuration: {msg}", [msg])
     try:
         data = _MappingEnvSource(_Shape, env)()
     except SettingsError as exc:
@@ -277,6 +292,18 @@ def _read_env(env: Mapping[str, str], problems: list[str]) -> _Layer:
     return _Layer("environment", data, labels, "environment")
 
 
+def _undecodable_file(directory: Path) -> str:
+    """The first secret file under ``directory`` that is not UTF-8 (for the message)."""
+    for path in sorted(directory.rglob("*")):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                try:
+                    path.read_bytes().decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"secret file {path}"
+    return f"a secret file in {directory}"
+
+
 def _read_secrets(directory: Path) -> _Layer:
     try:
         source = NestedSecretsSettingsSource(
@@ -288,6 +315,9 @@ def _read_secrets(directory: Path) -> _Layer:
             secrets_case_sensitive=False,
         )
         data = source()
+    except UnicodeDecodeError:
+        msg = f"{_undecodable_file(directory)}: not valid UTF-8; write the secret as UTF-8 text"
+        raise ConfigError(f"invalid configuration: {msg}", [msg]) from None
     except (SettingsError, OSError) as exc:
         msg = f"secrets directory {directory}: {exc}"
         raise ConfigError(f"invalid configuration: {msg}", [msg]) from None
@@ -354,4 +384,36 @@ def read_sources(
                     f"pools.{name}: only secret files name this pool; declare it in the "
                     f"configuration file or the environment (a typo?) [{where}]"
                 )
+    _refuse_env_typos(raw)
     return raw
+
+
+#: Keys that give a pool a connection target of its own.
+_OWN_TARGET = frozenset((*TARGET_KEYWORDS, "conninfo"))
+
+
+def _refuse_env_typos(raw: RawConfig) -> None:
+    """Refuse a pool named only by the environment, with no target of its own, whose name
+    is close to a pool of the file: ``PGPOOLS__POOLS__MIAN__MAXCACHED=8`` would otherwise
+    create a pool ``mian`` on the defaults' target and leave ``main`` as it was."""
+    pools = raw.data.get("pools")
+    file_pools = [
+        str(name)
+        for layer in raw.layers
+        if layer.kind == "file"
+        for name in (layer.data.get("pools") or {})
+    ]
+    if not isinstance(pools, Mapping) or not file_pools:
+        return
+    for name, table in pools.items():
+        if name in file_pools or not raw.only_from(("pools", str(name)), "environment"):
+            continue
+        if isinstance(table, Mapping) and _OWN_TARGET & {str(k).lower() for k in table}:
+            continue  # a pool declared from the environment alone, on purpose
+        close = difflib.get_close_matches(str(name), file_pools, n=1, cutoff=0.6)
+        if close:
+            raw.problems.append(
+                f"pools.{name}: only the environment names this pool and it sets no "
+                f"connection target; did you mean {close[0]!r}? (declare it with a target, "
+                f"e.g. a dbname, if it is meant) [{raw.where(('pools', str(name)))}]"
+            )
