@@ -36,6 +36,7 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 bench:
+	@command -v valgrind >/dev/null || echo "bench: valgrind not found, instruction counts will be skipped (apt-get install valgrind)"
 	$(PYTHON) benchmarks/run.py
 
 clean:
