@@ -51,6 +51,7 @@ demo: $(CORE)
 	$(PY) examples/demo.py
 
 bench:
+	@command -v valgrind >/dev/null || echo "bench: valgrind not found, instruction counts will be skipped (apt-get install valgrind)"
 	$(PYTHON) benchmarks/run.py
 
 clean:

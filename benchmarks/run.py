@@ -206,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         target_md, target_json = RESULTS_MD, RESULTS_JSON
     report.write(run, markdown_path=target_md, json_path=target_json)
     print(f"bench: wrote {target_md.relative_to(ROOT)} and {target_json.relative_to(ROOT)}")
+    import charts
+
+    img = charts.DOCS_IMG if target_md == RESULTS_MD else target_md.with_suffix("")
+    try:
+        for path in charts.draw(report.to_json(run), img):
+            print(f"bench: chart {path.relative_to(ROOT)}")
+    except Exception as exc:  # a chart must not cost the run's numbers
+        print(f"bench: charts failed: {type(exc).__name__}: {exc}")
     return 0
 
 
