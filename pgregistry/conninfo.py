@@ -430,7 +430,8 @@ _KEYWORD_SECRET = re.compile(
 )
 # postgresql://user:secret@host and postgres://:secret@host
 _URI_SECRET = re.compile(
-    r"(?P<head>\bpostgres(?:ql)?://[^\s:/@?#]*:)(?P<value>[^\s@/?#]*)(?=@)",
+    # Up to the last "@" of the authority: "u:p@ss@host" must not show "ss" as the host.
+    r"(?P<head>\bpostgres(?:ql)?://[^\s:/@?#]*:)(?P<value>[^\s/?#]*)(?=@[^\s@/?#]*(?:$|[\s/?#]))",
     re.IGNORECASE,
 )
 

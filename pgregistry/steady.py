@@ -145,7 +145,10 @@ def check_connect_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
 # The password of a postgresql:// URI as written (userinfo or ?password=): libpq quotes such a
 # token verbatim in errors like 'invalid percent-encoded token: "..."'.
 _URI = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
-_URI_USERINFO_PASSWORD = re.compile(r"\s*postgres(?:ql)?://[^:@/?#]*:([^@/?#]+)@", re.IGNORECASE)
+# Up to the last "@" of the authority, as libpq's echo of "u:p@ss@host" may show "ss".
+_URI_USERINFO_PASSWORD = re.compile(
+    r"\s*postgres(?:ql)?://[^:@/?#]*:([^/?#]+)@[^@/?#]*(?:$|[/?#])", re.IGNORECASE
+)
 _URI_PARAM_PASSWORD = re.compile(r"[?&]password=([^&#]+)", re.IGNORECASE)
 
 
@@ -157,7 +160,12 @@ def secrets_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]
     dbname = args[0] if args else kwargs.get("dbname")
     if isinstance(dbname, str) and _URI.match(dbname):
         userinfo = _URI_USERINFO_PASSWORD.match(dbname)
-        found.append(userinfo.group(1) if userinfo else None)
+        if userinfo:
+            password = userinfo.group(1)
+            found.append(password)
+            # libpq splits "p@ss@host" at the first "@" and may echo "ss@host" as the host:
+            # every piece of such a password is a secret too.
+            found.extend(password.split("@")[1:])
         found.extend(_URI_PARAM_PASSWORD.findall(dbname))
     return tuple(s for s in found if isinstance(s, str) and s)
 

@@ -287,3 +287,14 @@ def test_redact_literal_secrets() -> None:
 
 def test_secret_keywords_are_libpq_keywords() -> None:
     assert set(SECRET_KEYWORDS) <= set(LIBPQ_KEYWORDS)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["postgresql://u:p@ss@127.0.0.1:5/db", "postgres://u:a@b@c@h?sslmode=disable"],
+)
+def test_redact_masks_a_uri_password_up_to_the_last_at(uri: str) -> None:
+    password = uri.split("//", 1)[1].split(":", 1)[1].rsplit("@", 1)[0]
+    masked = redact(uri)
+    assert password not in masked and password.split("@")[-1] + "@" not in masked
+    assert masked.startswith(uri.split(":", 2)[0] + "://u:")

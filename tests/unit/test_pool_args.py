@@ -266,3 +266,10 @@ def test_unreachable_server_for_a_steady_connection_raises_operational_error(
         SteadyPgConnection(None, None, True, passwd=SECRET, **target)
     assert isinstance(caught.value, ServerUnavailableError)
     assert not [t for t in _texts(caught.value) if SECRET in t]
+
+
+def test_a_uri_password_with_an_unescaped_at_never_shows_in_the_error(free_port: int) -> None:
+    target = f"postgresql://root:pg{SECRET}@tail{SECRET}@127.0.0.1:{free_port}/test"
+    with pytest.raises(ServerUnavailableError) as caught:
+        PooledPg(1, dbname=target)
+    assert not [t for t in _texts(caught.value) if SECRET in t]
