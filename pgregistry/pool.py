@@ -666,10 +666,14 @@ class PooledPg:
         """
         waiter = self._waiters.popleft()
         if result is not _CLOSED and result is not _LOOK:
-            self._counts[Counter.WAITS] += 1
-            self._wait_ns += time.perf_counter_ns() - waiter.started
-            self._checkouts += 1
+            self._count_served(waiter)
         waiter.give(result)
+
+    def _count_served(self, waiter: _Waiter) -> None:
+        """A waiter gets a connection or a place (under the lock): its wait and checkout."""
+        self._counts[Counter.WAITS] += 1
+        self._wait_ns += time.perf_counter_ns() - waiter.started
+        self._checkouts += 1
 
     def _release_place(self, *, opening: bool = True) -> None:
         """A counted place goes unused: the oldest waiter may open in it, else it is freed."""
@@ -701,11 +705,15 @@ class PooledPg:
         periodic look) and by upkeep. The reset and any close happen now, after the result was
         read: values stay typed whatever the reset policy or the reason for closing.
         """
+        free: list[tuple[Slot, object]] = []
+        kept: list[tuple[Slot, object]] = []
         with self._lock:
-            free = [entry for entry in self._held if _refcount(entry[1]) <= 2]
+            for entry in self._held:
+                # Only the entry and getrefcount's own argument hold a released result.
+                (free if _refcount(entry[1]) <= 2 else kept).append(entry)
             if not free:
                 return
-            self._held = [entry for entry in self._held if _refcount(entry[1]) > 2]
+            self._held = kept
         for slot, _ in free:
             self._checkin(slot)
 
@@ -775,9 +783,7 @@ class PooledPg:
                     self._wait_ns += waited_ns
                     message = self._timeout_message(waited_ns / 1e9)
         if message:
-            self.logger.warning(
-                "%s", message, extra={"wait_ms": round(waited_ns / 1e6, 1)}
-            )
+            self.logger.warning("%s", message, extra={"wait_ms": round(waited_ns / 1e6, 1)})
             observer = self._observer
             if observer is not None:
                 self._notify(observer.on_timeout)
@@ -839,9 +845,7 @@ class PooledPg:
                 waiter.result = None
                 self._waiters.appendleft(waiter)
                 return waiter
-            self._counts[Counter.WAITS] += 1
-            self._wait_ns += time.perf_counter_ns() - waiter.started
-            self._checkouts += 1
+            self._count_served(waiter)
         return None
 
     def _abandon(self, waiter: _Waiter) -> None:
