@@ -590,7 +590,8 @@ class SteadyPgConnection(_DBAPI):
             # Sent on a connection that looked alive: the server may have run it (a write may
             # be committed) before the reply was lost. Running it again could do it twice.
             raise ConnectionLostError(
-                f"connection lost during {func.__name__}() after it was sent: the outcome is "
+                f"connection lost during {func.__name__}() after it was sent "
+                f"({redact(' '.join(str(exc).split())[:200], self._secrets)}): the outcome is "
                 "unknown (a write may have been committed); the statement was not run again "
                 "(retry_after_reopen='always' would) and the connection is reopened"
             ) from _cause(exc)
@@ -721,8 +722,14 @@ _SERVER_ENDED = re.compile(
 
 
 def _ended_by_server(exc: Exception) -> bool:
-    """True when the call failed because the server ended the session before running it."""
-    return bool(_SERVER_ENDED.search(str(exc)))
+    """True when the call failed in a way that shows its statement did not run.
+
+    Either the server said it ended the session (see :data:`_SERVER_ENDED`), or PyGreSQL
+    failed before sending: its ``LookupError('unknown encoding: ')`` comes from encoding the
+    statement for a connection libpq already knows is gone (an earlier step of the same
+    ``pg.DB`` method met the loss).
+    """
+    return isinstance(exc, LookupError) or bool(_SERVER_ENDED.search(str(exc)))
 
 
 def _cause(exc: Exception) -> Exception | None:

@@ -13,7 +13,7 @@ from typing import Any
 import pg
 import pytest
 
-from pgregistry import PooledPg, PoolStats
+from pgregistry import ConnectionLostError, PooledPg, PoolStats
 from pgregistry.testing import TemporaryCluster
 
 pytestmark = pytest.mark.slow
@@ -120,9 +120,18 @@ def test_killed_backends_are_invisible_outside_transactions(
             group.wait_for_progress(time.monotonic())
             assert healthy_cluster.kill_backends() > 0
         group.wait_for_progress(time.monotonic())
-    assert group.errors() == []
+    # A backend killed while its connection sits idle is found before the next statement is
+    # sent, and the statement runs once on a reopened connection: invisible. A kill that lands
+    # between that look and the send cannot be told from a reply lost after the server ran the
+    # statement, so it raises ConnectionLostError (outcome unknown) rather than risk running a
+    # write twice (#11 item 9): that, and nothing else, may reach a caller.
+    errors = group.errors()
+    assert all(
+        isinstance(exc, ConnectionLostError) and "outcome is unknown" in str(exc) for exc in errors
+    ), errors
     stats = assert_consistent(pool, 8)
     assert stats["lost"] > 0 and stats["reopened"] > 0
+    assert len(errors) < stats["lost"]  # most losses were found before sending
 
 
 def test_killed_backend_inside_a_transaction_raises_then_recovers_after_rollback(
