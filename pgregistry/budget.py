@@ -99,7 +99,7 @@ class ServerBudget:
                         f"pool {pool.name!r}: server budget {self.name!r} is full "
                         f"({self._used}/{self.max_connections} connections, none idle) after "
                         f"{time.monotonic() - started:.1f} s; raise servers.{self.name}."
-                        "max_connections, lower the pools' maxconnections, or return "
+                        "maxconnections, lower the pools' maxconnections, or return "
                         "connections sooner"
                     )
                 else:

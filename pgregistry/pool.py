@@ -28,37 +28,36 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from . import leak
+from . import handoff, leak
 from .budget import ServerBudget
-from .conninfo import redact
+from .checks import check_name, check_seconds, check_sizes
+from .connect_args import (
+    SetSession,
+    check_connect_args,
+    check_retry,
+    normalize_setsession,
+    secrets_of,
+)
 from .errors import (
     PoolClosedError,
     PoolTimeoutError,
     ServerUnavailableError,
     TooManyConnectionsError,
 )
+from .handoff import CLOSED, LIMIT_LOG_INTERVAL, OPEN, PLACE, HandOff, Waiter
+from .logs import LogFields, RateLimit
 from .maintenance import Maintenance, Task
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
 from .proxy import PooledPgConnection, Slot
 from .stats import COUNTERS, Counter, PoolObserver, PoolStats
-from .steady import (
-    SetSession,
-    SteadyPgConnection,
-    check_connect_args,
-    check_retry,
-    normalize_setsession,
-    secrets_of,
-)
+from .steady import SteadyPgConnection
+from .upkeep import Upkeep
 
 __all__ = ["PoolStats", "PooledPg", "PooledPgConnection"]
 
 # Lifetimes are shortened by up to this fraction, at random, so that connections opened
 # together do not all expire together.
 _LIFETIME_JITTER = 0.1
-# Reaching maxconnections is logged at most this often per pool, in seconds.
-_LIMIT_LOG_INTERVAL = 60.0
-# Under a server budget, how long a close waits for the server to end the backend, in seconds.
-_BACKEND_EXIT_WAIT = 1.0
 # Bounds for how often the maintenance task runs, in seconds.
 _UPKEEP_MIN, _UPKEEP_MAX = 0.01, 15.0
 # How often a waiter looks for connections held by results that have been released, in s.
@@ -73,108 +72,10 @@ _refcount = sys.getrefcount
 _new_proxy = object.__new__
 _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
 # The pool's own files, skipped when the stack of a checkout is kept for leak reports.
-_OWN_FILES = frozenset({__file__, leak.__file__})
+_OWN_FILES = frozenset({__file__, leak.__file__, handoff.__file__})
 
 
-class _RateLimit:
-    """Whether a repeating message is due: at most once per ``interval`` seconds.
-
-    :meth:`hit` counts an occurrence and returns how many to report (0: not yet due).
-    Approximate under threads by design: a lost count only shortens a log line.
-    """
-
-    __slots__ = ("_count", "_interval", "_said_at")
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._said_at = -interval
-        self._count = 0
-
-    def hit(self) -> int:
-        self._count += 1
-        now = _monotonic()
-        if now < self._said_at + self._interval:
-            return 0
-        count, self._count, self._said_at = self._count, 0, now
-        return count
-
-
-class _LogFields(logging.Filter):
-    """Adds a pool's fields (``pool``, ``tenant``, ...) to every record of its logger.
-
-    A filter on the pool's own logger, so no call site has to pass them; the steady
-    connections of the pool log on the same logger. A record's own ``extra`` wins.
-    """
-
-    def __init__(self, fields: dict[str, object]) -> None:
-        super().__init__()
-        self.fields = fields
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in self.fields.items():
-            if key not in record.__dict__:
-                setattr(record, key, value)
-        return True
-
-    @classmethod
-    def attach(cls, logger: logging.Logger, pool: str) -> dict[str, object]:
-        """The fields dict of ``logger``'s filter (one per logger: pools rebuilt by a reload
-        share their name, and so their logger)."""
-        for existing in logger.filters:
-            if isinstance(existing, cls):
-                existing.fields.clear()
-                existing.fields["pool"] = pool
-                return existing.fields
-        fields: dict[str, object] = {"pool": pool}
-        logger.addFilter(cls(fields))
-        return fields
-
-
-class _Waiter:
-    """A caller waiting for a connection. Its lock is held until something is handed over."""
-
-    __slots__ = ("gate", "looking", "result", "started")
-
-    def __init__(self) -> None:
-        self.gate = threading.Lock()
-        self.gate.acquire()
-        #: A Slot, _OPEN (you may open a new connection in a place that holds its budget unit),
-        #: _PLACE (a place without a budget unit: take one first) or _CLOSED; None while waiting.
-        self.result: Slot | object | None = None
-        self.started = time.perf_counter_ns()
-        #: Looks for connections held by released results while it waits (see _hold).
-        self.looking = False
-
-    def give(self, result: Slot | object) -> None:
-        self.result = result
-        self.gate.release()
-
-
-_OPEN = object()  # hand-off token: the waiter may open a connection in the freed place
-_PLACE = object()  # hand-off token: a freed place whose budget unit was never taken
-_LOOK = object()  # wake-up token: connections are held by results; look for released ones
-_CLOSED = object()  # hand-off token: the pool was closed while waiting
-
-
-def _check_size(name: str, value: object) -> int:
-    if value is None:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name}: must be an integer >= 0 (got {value!r})")
-    return value
-
-
-def _check_seconds(name: str, value: object, *, allow_none: bool) -> float | None:
-    if value is None:
-        if allow_none:
-            return None
-        raise ValueError(f"{name}: must be a number of seconds >= 0 (got None)")
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name}: must be a number of seconds >= 0 (got {value!r})")
-    return float(value)
-
-
-class PooledPg:
+class PooledPg(HandOff, Upkeep):
     """A pool of steady, cached PyGreSQL ``pg.DB`` connections.
 
     ``PooledPg(mincached=0, maxcached=0, maxconnections=0, blocking=False, maxusage=None,
@@ -255,42 +156,30 @@ class PooledPg:
     ) -> None:
         self._closed = True  # until fully built: __del__ and __repr__ of a refused pool
         self.name: str = name if isinstance(name, str) and name else "?"
-        mincached = _check_size("mincached", mincached)
-        maxcached = _check_size("maxcached", maxcached)
-        maxconnections = _check_size("maxconnections", maxconnections)
-        if maxconnections and mincached > maxconnections:
-            raise ValueError(
-                f"mincached: {mincached} connections cannot be opened at start when "
-                f"maxconnections is {maxconnections}"
-            )
-        if maxcached and maxcached < mincached:
-            maxcached = mincached
-        if maxconnections and maxconnections < maxcached:
-            maxconnections = maxcached
-        if maxusage is not None:
-            _check_size("maxusage", maxusage)
+        mincached, maxcached, maxconnections = check_sizes(
+            mincached, maxcached, maxconnections, maxusage
+        )
         check_connect_args(args, kwargs)
         self._setsession = normalize_setsession(setsession)
         self._reset = parse_reset(reset)
         self._ping = parse_ping(ping)
-        self._timeout = _check_seconds("timeout", timeout, allow_none=True)
-        self._reconnect_timeout = _check_seconds(
+        self._timeout = check_seconds("timeout", timeout, allow_none=True)
+        self._reconnect_timeout = check_seconds(
             "reconnect_timeout", reconnect_timeout, allow_none=False
         )
-        self._max_lifetime = _check_seconds("max_lifetime", max_lifetime, allow_none=True) or None
-        self._max_idle = _check_seconds("max_idle", max_idle, allow_none=True)
-        self._ping_after = _check_seconds("ping_after", ping_after, allow_none=False) or 0.0
+        self._max_lifetime = check_seconds("max_lifetime", max_lifetime, allow_none=True) or None
+        self._max_idle = check_seconds("max_idle", max_idle, allow_none=True)
+        self._ping_after = check_seconds("ping_after", ping_after, allow_none=False) or 0.0
         self._leak_threshold = (
-            _check_seconds("leak_threshold", leak_threshold, allow_none=True) or None
+            check_seconds("leak_threshold", leak_threshold, allow_none=True) or None
         )
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"name: must be a non-empty string (got {name!r})")
+        check_name(name)
 
         self.name = name or f"pool{next(_pool_numbers)}"
         self.logger = logging.getLogger(f"pgregistry.pool.{self.name}")
         #: Fields every log record of this pool carries as attributes (``record.pool``, and
-        #: ``record.tenant`` for a tenant pool), for JSON formatters; see :class:`_LogFields`.
-        self.log_fields: dict[str, object] = _LogFields.attach(self.logger, self.name)
+        #: ``record.tenant`` for a tenant pool), for JSON formatters; see :class:`LogFields`.
+        self.log_fields: dict[str, object] = LogFields.attach(self.logger, self.name)
         self._mincached = mincached
         self._maxcached = maxcached
         self._maxconnections = maxconnections
@@ -305,7 +194,7 @@ class PooledPg:
         self._idle: deque[Slot] = deque()
         self._size = 0  # connections open, being opened, or checked out
         self._opening = 0  # of those, being opened right now
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._checked_out: set[Slot] = set()  # maintained only for leak detection
         # Returned connections whose last result the caller still holds (see _hold), with
         # that result; counted in _size like checked-out ones.
@@ -327,9 +216,9 @@ class PooledPg:
         # the answer is refreshed by every maintenance round and every slow checkout.
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
         self._limit_hits = 0
-        self._limit_logged_at = -_LIMIT_LOG_INTERVAL
+        self._limit_logged_at = -LIMIT_LOG_INTERVAL
         self._observer: PoolObserver | None = None
-        self._refill_failures = _RateLimit(_LIMIT_LOG_INTERVAL)
+        self._refill_failures = RateLimit(LIMIT_LOG_INTERVAL)
         #: Whether a server-side pooler was found in the way at the first open (None: not
         #: known yet). See _detect_pooler.
         self.pooler_detected: bool | None = None
@@ -572,7 +461,7 @@ class PooledPg:
         None when a connection was returned to the idle stack since the fast path looked:
         the caller takes the fast path again rather than wait next to an idle connection.
         """
-        waiter: _Waiter | None = None
+        waiter: Waiter | None = None
         message = ""
         limit_hits = 0
         if self._held:
@@ -590,7 +479,7 @@ class PooledPg:
                 # Grow one connection at a time: an open is under way, so wait for it, or for
                 # a connection to come back, whichever is first. A burst of callers on a cold
                 # pool then opens only what the load needs, not one connection per caller.
-                waiter = _Waiter()
+                waiter = Waiter()
                 self._waiters.append(waiter)
                 waiter.looking = bool(self._held)
             else:
@@ -598,7 +487,7 @@ class PooledPg:
                     self._counts[Counter.REFUSED] += 1
                     message = self._too_many_message()
                 else:
-                    waiter = _Waiter()
+                    waiter = Waiter()
                     self._waiters.append(waiter)
                     # Connections held by results come back without being returned: with
                     # some held already, this waiter looks for them itself.
@@ -619,8 +508,8 @@ class PooledPg:
         if message:
             raise TooManyConnectionsError(message)
         # A waiter's checkout was counted by whoever handed it the connection (see _hand_over).
-        got = _PLACE if waiter is None else self._wait(waiter)
-        if got is _PLACE:
+        got = PLACE if waiter is None else self._wait(waiter)
+        if got is PLACE:
             if self._budget is not None:
                 try:
                     # A pool that must not block does not wait for the budget either.
@@ -628,8 +517,8 @@ class PooledPg:
                 except BaseException:
                     self._give_up_place()
                     raise
-            got = _OPEN
-        slot = self._open_for_checkout(count=waiter is None) if got is _OPEN else got
+            got = OPEN
+        slot = self._open_for_checkout(count=waiter is None) if got is OPEN else got
         assert isinstance(slot, Slot)
         slot.since = _monotonic()
         if self._leak_threshold:
@@ -655,104 +544,8 @@ class PooledPg:
                 # Callers are still waiting: the oldest opens the next connection.
                 self._size += 1
                 self._opening += 1
-                self._hand_over(_PLACE)
+                self._hand_over(PLACE)
         return slot
-
-    def _hand_over(self, result: Slot | object) -> None:
-        """Give the oldest waiter a connection or a place (under the lock), counting its wait.
-
-        The counting is done here, under the lock the giver holds anyway, so that the woken
-        thread goes on without taking the lock again.
-        """
-        waiter = self._waiters.popleft()
-        if result is not _CLOSED and result is not _LOOK:
-            self._count_served(waiter)
-        waiter.give(result)
-
-    def _count_served(self, waiter: _Waiter) -> None:
-        """A waiter gets a connection or a place (under the lock): its wait and checkout."""
-        self._counts[Counter.WAITS] += 1
-        self._wait_ns += time.perf_counter_ns() - waiter.started
-        self._checkouts += 1
-
-    def _release_place(self, *, opening: bool = True) -> None:
-        """A counted place goes unused: the oldest waiter may open in it, else it is freed."""
-        with self._lock:
-            if opening:
-                self._opening -= 1
-            if self._waiters and not self._closed:
-                self._opening += 1
-                self._hand_over(_OPEN)
-                return
-            self._size -= 1
-        self._freed(1)
-
-    def _hold(self, slot: Slot, result: object) -> None:
-        """Keep a returned connection out of the pool while ``result`` is still referenced.
-
-        Waiters sleep until something is handed to them; the oldest is woken to look for
-        held connections that come free (see :meth:`_await_hand_over`).
-        """
-        with self._lock:
-            self._held.append((slot, result))
-            if self._waiters and not self._closed:
-                self._hand_over(_LOOK)
-
-    def _release_held(self) -> None:
-        """Give back the held connections whose results are no longer referenced.
-
-        Called where a connection is wanted (a checkout that found none idle, a waiter's
-        periodic look) and by upkeep. The reset and any close happen now, after the result was
-        read: values stay typed whatever the reset policy or the reason for closing.
-        """
-        free: list[tuple[Slot, object]] = []
-        kept: list[tuple[Slot, object]] = []
-        with self._lock:
-            for entry in self._held:
-                # Only the entry and getrefcount's own argument hold a released result.
-                (free if _refcount(entry[1]) <= 2 else kept).append(entry)
-            if not free:
-                return
-            self._held = kept
-        for slot, _ in free:
-            self._checkin(slot)
-
-    def _give_up_place(self) -> None:
-        """A counted place that never got its budget unit goes unused: hand it on or free it.
-
-        The next waiter gets it as :data:`_PLACE` and takes a unit itself, so a budget that
-        timed out for one caller never leaves the others waiting beside an empty pool.
-        """
-        with self._lock:
-            self._opening -= 1
-            if self._waiters and not self._closed:
-                self._opening += 1
-                self._hand_over(_PLACE)
-                return
-            self._size -= 1
-
-    def _unreserve(self, count: int) -> None:
-        """Undo places reserved for opening that got no budget unit."""
-        with self._lock:
-            self._size -= count
-            self._opening -= count
-
-    def _close_slot(self, slot: Slot) -> None:
-        """Close a pooled connection (I/O; outside the lock).
-
-        Under a server budget, wait until the server has let the backend go, so that the
-        place handed on next is never counted twice on the server.
-        """
-        slot.conn.listener = None
-        if self._budget is not None:
-            slot.conn.close_and_wait(_BACKEND_EXIT_WAIT)
-        else:
-            slot.conn.close()
-
-    def _freed(self, count: int) -> None:
-        """``count`` places were freed and their connections closed: give back the budget."""
-        if self._budget is not None and count:
-            self._budget.release(count)
 
     def _track(self, slot: Slot) -> None:
         """Remember where a connection was checked out, for leak detection."""
@@ -760,141 +553,6 @@ class PooledPg:
         slot.leak_reported = False
         with self._lock:
             self._checked_out.add(slot)
-
-    def _wait(self, waiter: _Waiter) -> Slot | object:
-        timeout = self._timeout
-        if self._log_checkouts:
-            self.logger.debug("pool %r: at maxconnections, waiting", self.name)
-        message = ""
-        try:
-            acquired = self._await_hand_over(waiter, timeout)
-        except BaseException:
-            # KeyboardInterrupt, or a request timeout raised by a signal handler: leave the
-            # queue, and give back whatever was handed over meanwhile.
-            self._abandon(waiter)
-            raise
-        if not acquired:
-            waited_ns = time.perf_counter_ns() - waiter.started
-            with self._lock:
-                if waiter.result is None:  # else it was handed something just in time
-                    self._waiters.remove(waiter)
-                    self._counts[Counter.WAITS] += 1
-                    self._counts[Counter.TIMEOUTS] += 1
-                    self._wait_ns += waited_ns
-                    message = self._timeout_message(waited_ns / 1e9)
-        if message:
-            self.logger.warning("%s", message, extra={"wait_ms": round(waited_ns / 1e6, 1)})
-            observer = self._observer
-            if observer is not None:
-                self._notify(observer.on_timeout)
-            raise PoolTimeoutError(message)
-        if waiter.result is _CLOSED:
-            raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
-        return waiter.result
-
-    def _await_hand_over(self, waiter: _Waiter, timeout: float | None) -> bool:
-        """Wait for a hand-over (True) or the timeout (False).
-
-        A connection held by an unread result (see :meth:`_hold`) comes back without anyone
-        returning it, so one waiter, the oldest, looks for such connections every few
-        milliseconds while any are held; the others sleep until something is handed to them.
-        A waiter woken with :data:`_LOOK` takes over that look and keeps its place.
-        """
-        gate = waiter.gate
-        deadline = None if timeout is None else _monotonic() + timeout
-        looking = waiter.looking
-        while True:
-            remaining = None if deadline is None else deadline - _monotonic()
-            if looking and self._held:
-                self._release_held()
-                remaining = _HELD_POLL if remaining is None else min(remaining, _HELD_POLL)
-            if remaining is not None and remaining <= 0:
-                return gate.acquire(blocking=False) and self._rearm_if_look(waiter) is None
-            if not gate.acquire(timeout=-1 if remaining is None else remaining):
-                if deadline is not None and _monotonic() >= deadline:
-                    return False
-                continue
-            if self._rearm_if_look(waiter) is None:
-                if looking:
-                    self._pass_the_look()
-                return True
-            looking = True
-
-    def _pass_the_look(self) -> None:
-        """A looking waiter was served: the next one looks while connections are held."""
-        with self._lock:
-            if self._held and self._waiters and not self._closed:
-                self._hand_over(_LOOK)
-
-    def _rearm_if_look(self, waiter: _Waiter) -> _Waiter | None:
-        """After a wake-up: if it was only a :data:`_LOOK`, queue the waiter again, first."""
-        if waiter.result is not _LOOK:
-            return None
-        with self._lock:
-            # While it was out of the queue, a connection may have gone idle, or a place may
-            # have come free, with no one queued to be handed it: take that instead.
-            if self._idle and not self._closed:
-                waiter.result = self._idle.pop()
-            elif not self._closed and (
-                not self._maxconnections or self._size < self._maxconnections
-            ):
-                self._size += 1
-                self._opening += 1
-                waiter.result = _PLACE
-            else:
-                waiter.result = None
-                self._waiters.appendleft(waiter)
-                return waiter
-            self._count_served(waiter)
-        return None
-
-    def _abandon(self, waiter: _Waiter) -> None:
-        """Undo a wait that an exception cut short, so no place or connection is lost."""
-        with self._lock:
-            got = waiter.result
-            if got is None:
-                self._waiters.remove(waiter)
-                return
-            if got is _LOOK:
-                # It was asked to look for held connections: the next waiter does instead.
-                if self._held and self._waiters and not self._closed:
-                    self._hand_over(_LOOK)
-                return
-            if got is not _CLOSED:
-                self._checkouts -= 1  # counted by the giver for a checkout that never happened
-        if isinstance(got, Slot):
-            self._checkin(got, fresh=True)
-        elif got is _OPEN:
-            self._release_place()
-        elif got is _PLACE:
-            self._give_up_place()
-
-    def _count_limit_hit(self) -> int:
-        """Count reaching maxconnections (under the lock); the count to log, if it is time.
-
-        Logged as a WARNING at most once a minute per pool, with the count since last said.
-        """
-        self._limit_hits += 1
-        now = _monotonic()
-        if now < self._limit_logged_at + _LIMIT_LOG_INTERVAL:
-            return 0
-        hits, self._limit_hits = self._limit_hits, 0
-        self._limit_logged_at = now
-        return hits
-
-    def _too_many_message(self) -> str:
-        return (
-            f"pool {self.name!r}: all {self._maxconnections} connections are in use and "
-            "blocking is off; raise maxconnections or set blocking=True"
-        )
-
-    def _timeout_message(self, waited: float) -> str:
-        in_use = self._size - len(self._idle) - self._opening
-        return (
-            f"pool {self.name!r}: no connection after {waited:.1f} s "
-            f"(open {self._size - self._opening}/{self._maxconnections}, idle {len(self._idle)}, "
-            f"in use {in_use}, waiting {len(self._waiters)}); raise maxconnections or timeout"
-        )
 
     def _replace(self, slot: Slot, counter: Counter | None) -> Slot:
         """Close ``slot`` and open a new connection in its place (outside the lock)."""
@@ -905,208 +563,6 @@ class PooledPg:
         with self._lock:
             self._opening += 1
         return self._open_for_checkout()
-
-    # -- return -------------------------------------------------------------------------------
-
-    def _checkin(self, slot: Slot, *, fresh: bool = False) -> None:
-        """Reset a returned connection, then hand it to a waiter, pool it, or close it."""
-        if fresh:
-            keep = True
-        else:
-            observer = self._observer
-            if observer is not None:
-                try:
-                    observer.on_checkin(_monotonic() - slot.since)
-                except Exception:
-                    self._observer_failed()
-            if self._rollback_if_needed and slot.conn.idle_on_server():
-                # The default policy on an idle, healthy connection: nothing to send.
-                keep = not self._closed
-            else:
-                keep = not self._closed and self._reset_on_return(slot)
-        if self._log_checkouts:
-            self.logger.debug("pool %r: return (keep %s)", self.name, keep)
-        now = _monotonic()
-        if keep and now >= slot.expires_at:
-            keep = False
-            with self._lock:
-                self._counts[Counter.EXPIRED] += 1
-        if not keep or slot.generation != self._generation:
-            # Closed before its place is handed on, so a budget is never exceeded.
-            self._drop(slot)
-            return
-        to_close: Slot | None = None
-        with self._lock:
-            if self._leak_threshold:
-                self._checked_out.discard(slot)
-            if self._closed or (
-                not self._waiters and self._maxcached and len(self._idle) >= self._maxcached
-            ):
-                to_close = slot
-                self._size -= 1
-            elif self._waiters:
-                self._hand_over(slot)
-            else:
-                slot.since = now
-                self._idle.append(slot)
-        if to_close is not None:
-            self._close_slot(to_close)
-            self._freed(1)
-        if self._held:
-            self._release_held()
-
-    def _reset_on_return(self, slot: Slot) -> bool:
-        """Apply the reset policy; False when the connection must be closed instead."""
-        conn = slot.conn
-        if conn.is_lost():
-            return False  # closed by the caller, or lost: not worth pooling
-        try:
-            rolled_back = conn.reset_on_return(self._reset)
-        except Exception as exc:
-            with self._lock:
-                self._counts[Counter.RESET_FAILURES] += 1
-            self.logger.warning(
-                "pool %r: reset on return failed, connection closed: %s",
-                self.name,
-                redact(str(exc).strip(), self._secrets),
-            )
-            return False
-        if rolled_back:
-            self.logger.warning(
-                "pool %r: connection given back inside a transaction; rolled back (end it with "
-                "commit() or rollback(), or use pool.transaction())",
-                self.name,
-            )
-        if rolled_back or not self._rollback_if_needed:
-            with self._lock:
-                self._counts[Counter.RESETS] += 1
-        return True
-
-    # -- upkeep -------------------------------------------------------------------------------
-
-    def _upkeep_interval(self) -> float | None:
-        periods = [
-            p for p in (self._max_lifetime, self._max_idle, self._leak_threshold) if p is not None
-        ]
-        if self._ping is not PingPolicy.NEVER and self._ping_after:
-            periods.append(self._ping_after)
-        if self._mincached:
-            periods.append(_REFILL_PERIOD * 2)
-        if not periods:
-            return None
-        return min(max(min(periods) / 2, _UPKEEP_MIN), _UPKEEP_MAX)
-
-    def _start_upkeep(self) -> None:
-        interval = self._upkeep_interval()
-        if interval is None:
-            return
-        if self._maintenance is None:
-            self._maintenance = Maintenance(
-                f"pgregistry-maintenance-{self.name}", stop_when_idle=True
-            )
-        self._upkeep = self._maintenance.add(
-            Task(self, PooledPg.maintain, interval, f"upkeep of pool {self.name!r}")
-        )
-
-    def _forget_upkeep(self) -> None:
-        task, self._upkeep = self._upkeep, None
-        if task is not None:
-            task.cancelled = True
-        if self._own_maintenance and self._maintenance is not None:
-            self._maintenance.stop(timeout=1.0)
-
-    def maintain(self) -> bool:
-        """One round of upkeep; the maintenance thread calls this periodically.
-
-        Closes idle connections past ``max_lifetime`` and, above ``mincached``, those idle
-        longer than ``max_idle``; pings idle connections idle longer than ``ping_after``
-        (replacing dead ones); refills to ``mincached``; reports leaks. Returns False once the
-        pool is closed. Network I/O happens outside the pool lock.
-        """
-        if self._held:
-            self._release_held()
-        now = time.monotonic()
-        self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
-        expired: list[Slot] = []
-        surplus: list[Slot] = []
-        to_ping: list[Slot] = []
-        with self._lock:
-            if self._closed:
-                return False
-            keep: deque[Slot] = deque()
-            idle_total = len(self._idle)
-            # Oldest-returned first: those at the bottom of the stack age out first.
-            for slot in self._idle:
-                if now >= slot.expires_at:
-                    expired.append(slot)
-                elif (
-                    self._max_idle is not None
-                    and now - slot.since > self._max_idle
-                    and idle_total - len(surplus) - len(expired) > self._mincached
-                ):
-                    surplus.append(slot)
-                elif self._ping is not PingPolicy.NEVER and now - slot.since > self._ping_after:
-                    to_ping.append(slot)
-                else:
-                    keep.append(slot)
-            self._idle = keep
-            self._size -= len(expired) + len(surplus)
-            self._counts[Counter.EXPIRED] += len(expired)
-            self._counts[Counter.IDLE_CLOSED] += len(surplus)
-            leaks = self._find_leaks(now) if self._leak_threshold else []
-        for slot in expired + surplus:
-            self._close_slot(slot)
-        self._freed(len(expired) + len(surplus))
-        if expired or surplus:
-            self.logger.debug(
-                "pool %r: closed %d expired and %d idle connections",
-                self.name,
-                len(expired),
-                len(surplus),
-            )
-        for slot in to_ping:
-            self._ping_idle(slot)
-        for slot, age in leaks:
-            self.logger.warning(
-                "pool %r: connection checked out %.1f s ago and not returned "
-                "(leak_threshold %.1f s); checked out at:\n%s",
-                self.name,
-                age,
-                self._leak_threshold,
-                leak.format_stack(slot.stack or []),
-            )
-        if self._size < self._mincached:
-            self._fill(self._mincached, raise_errors=False)
-        return True
-
-    def _ping_idle(self, slot: Slot) -> None:
-        alive = slot.conn.ping()
-        if not alive:
-            with self._lock:
-                self._counts[Counter.PING_FAILED] += 1
-            self.logger.warning("pool %r: idle connection failed its ping; closed", self.name)
-        slot.since = time.monotonic()
-        self._checkin(slot, fresh=alive) if alive else self._drop(slot)
-
-    def _drop(self, slot: Slot) -> None:
-        """Close a slot that is not idle, then hand its place to a waiter or free it."""
-        self._close_slot(slot)
-        with self._lock:
-            if self._leak_threshold:
-                self._checked_out.discard(slot)
-            if slot.generation != self._generation:
-                return  # from before a fork: its place was never counted in this process
-        self._release_place(opening=False)
-
-    def _find_leaks(self, now: float) -> list[tuple[Slot, float]]:
-        threshold = self._leak_threshold or 0.0
-        found = []
-        for slot in self._checked_out:
-            if not slot.leak_reported and now - slot.since > threshold:
-                slot.leak_reported = True
-                self._counts[Counter.LEAKS] += 1
-                found.append((slot, now - slot.since))
-        return found
 
     # -- closing and introspection ------------------------------------------------------------
 
@@ -1124,7 +580,7 @@ class PooledPg:
             self._size -= len(idle)
             waiters, self._waiters = list(self._waiters), deque()
             for waiter in waiters:
-                waiter.give(_CLOSED)
+                waiter.give(CLOSED)
         for slot in idle:
             self._close_slot(slot)
         self._freed(len(idle))
@@ -1143,26 +599,6 @@ class PooledPg:
         """True while connections are checked out (or being opened) or callers wait."""
         with self._lock:
             return self._size > len(self._idle) or bool(self._waiters)
-
-    def oldest_idle_since(self) -> float | None:
-        """When the longest-idle connection went idle (monotonic), None if none is idle."""
-        idle = self._idle
-        try:
-            return idle[0].since
-        except IndexError:
-            return None
-
-    def close_one_idle(self) -> bool:
-        """Close the longest-idle connection (a server budget asks); False if none is idle."""
-        with self._lock:
-            if not self._idle:
-                return False
-            slot = self._idle.popleft()
-            self._size -= 1
-            self._counts[Counter.STOLEN] += 1
-        self._close_slot(slot)
-        self._freed(1)
-        return True
 
     def __enter__(self) -> PooledPg:
         return self

@@ -306,9 +306,7 @@ class Registry:
     def unobserve(self, factory: ObserverFactory) -> None:
         """Remove a factory added by :meth:`observe` (no error if it is not there)."""
         with self._lock:
-            self._observer_factories = tuple(
-                f for f in self._observer_factories if f != factory
-            )
+            self._observer_factories = tuple(f for f in self._observer_factories if f != factory)
         self._reattach()
 
     def _reattach(self) -> None:

@@ -22,18 +22,24 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import select
 import socket
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import pg
 
+from .connect_args import (
+    SetSession,
+    check_connect_args,
+    check_retry,
+    normalize_setsession,
+    secrets_of,
+)
 from .conninfo import redact
 from .errors import (
     AuthenticationError,
@@ -41,31 +47,16 @@ from .errors import (
     InvalidConnectionError,
     ServerUnavailableError,
 )
+from .failures import cause, ended_by_server, ending_statement, is_auth_failure, lost_error
 from .policies import ResetPolicy
 from .stats import Counter
 
 __all__ = ["SetSession", "SteadyPgConnection"]
 
-SetSession: TypeAlias = "Sequence[str] | str | Callable[[pg.DB], object] | None"
-
 _TRANS_IDLE: int = pg.TRANS_IDLE
 _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
 _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 _log = logging.getLogger("pgregistry.connection")
-
-# Statements that end a transaction when sent as raw SQL through query().
-_ENDS_TRANSACTION = re.compile(r"\s*(commit|end|rollback|abort)\b(?!\s+to\b)", re.IGNORECASE)
-_IS_COMMIT = re.compile(r"\s*(commit|end)\b", re.IGNORECASE)
-
-# libpq's words for a refused login (PyGreSQL's connect errors carry no SQLSTATE): retrying
-# cannot help, unlike a server that is down, starting up or full.
-_AUTH_FAILURE = re.compile(
-    r"password authentication failed|authentication failed for user|no pg_hba\.conf entry"
-    r"|role \"[^\"]*\" does not exist|database \"[^\"]*\" does not exist"
-    r"|no password supplied|permission denied for database|certificate authentication failed"
-    r"|is not permitted to log in|SCRAM authentication requires",
-    re.IGNORECASE,
-)
 
 # Reconnect backoff: first pause and cap, in seconds.
 _BACKOFF_START = 0.02
@@ -75,99 +66,6 @@ _BACKOFF_CAP = 0.25
 # sockets (see _after_fork_in_child).
 _LIVE: weakref.WeakSet[SteadyPgConnection] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
-
-
-def normalize_setsession(setsession: object) -> tuple[str, ...] | Callable[[pg.DB], object]:
-    """Check ``setsession`` and return it as a tuple of statements or a callable.
-
-    Accepts ``None``, one SQL string, a sequence of SQL strings, or a callable that receives
-    the raw ``pg.DB`` after every (re)open.
-    """
-    if setsession is None:
-        return ()
-    if isinstance(setsession, str):
-        return (setsession,) if setsession.strip() else ()
-    if callable(setsession):
-        return setsession
-    if isinstance(setsession, Iterable) and not isinstance(setsession, bytes | dict):
-        statements = tuple(setsession)
-        for index, statement in enumerate(statements):
-            if not isinstance(statement, str):
-                raise TypeError(
-                    f"setsession[{index}]: must be an SQL string, got {type(statement).__name__}"
-                )
-        return tuple(s for s in statements if s.strip())
-    raise TypeError(
-        "setsession: must be None, an SQL string, a list of SQL strings or a callable taking "
-        f"the pg.DB, got {type(setsession).__name__}"
-    )
-
-
-def check_retry(value: object) -> bool | Literal["always"]:
-    """``retry_after_reopen``: True (run again only what cannot have reached the server),
-    False (never run again) or ``"always"`` (also a statement lost in flight: it may run twice).
-    """
-    if value == "always":
-        return "always"
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"retry_after_reopen: must be true, false or 'always' (got {value!r})")
-
-
-# What pg.connect() (and so pg.DB) accepts, in its positional order.
-CONNECT_PARAMETERS = ("dbname", "host", "port", "opt", "user", "passwd", "nowait")
-
-
-def check_connect_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Refuse now what ``pg.connect()`` would refuse at the first open (a TypeError then).
-
-    PyGreSQL takes only ``dbname, host, port, opt, user, passwd, nowait``; every other libpq
-    keyword belongs in a conninfo string given as ``dbname``.
-    """
-    if len(args) > len(CONNECT_PARAMETERS):
-        raise TypeError(
-            f"pg.DB takes at most {len(CONNECT_PARAMETERS)} connection arguments "
-            f"({', '.join(CONNECT_PARAMETERS)}), got {len(args)}"
-        )
-    for keyword in kwargs:
-        if keyword not in CONNECT_PARAMETERS:
-            raise TypeError(
-                f"{keyword}: not a connection argument of pg.DB (those are "
-                f"{', '.join(CONNECT_PARAMETERS)}); put other libpq keywords in a conninfo "
-                f"string: dbname='dbname=app {keyword}=...'"
-            )
-    taken = CONNECT_PARAMETERS[: len(args)]
-    for keyword in kwargs:
-        if keyword in taken:
-            raise TypeError(f"{keyword}: given both by position and by keyword")
-
-
-# The password of a postgresql:// URI as written (userinfo or ?password=): libpq quotes such a
-# token verbatim in errors like 'invalid percent-encoded token: "..."'.
-_URI = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
-# Up to the last "@" of the authority, as libpq's echo of "u:p@ss@host" may show "ss".
-_URI_USERINFO_PASSWORD = re.compile(
-    r"\s*postgres(?:ql)?://[^:@/?#]*:([^/?#]+)@[^@/?#]*(?:$|[/?#])", re.IGNORECASE
-)
-_URI_PARAM_PASSWORD = re.compile(r"[?&]password=([^&#]+)", re.IGNORECASE)
-
-
-def secrets_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
-    """Literal passwords among the pg.DB arguments (positional ``passwd`` is the 6th)."""
-    found = [kwargs.get("passwd"), kwargs.get("password")]
-    if len(args) >= 6:
-        found.append(args[5])
-    dbname = args[0] if args else kwargs.get("dbname")
-    if isinstance(dbname, str) and _URI.match(dbname):
-        userinfo = _URI_USERINFO_PASSWORD.match(dbname)
-        if userinfo:
-            password = userinfo.group(1)
-            found.append(password)
-            # libpq splits "p@ss@host" at the first "@" and may echo "ss@host" as the host:
-            # every piece of such a password is a secret too.
-            found.extend(password.split("@")[1:])
-        found.extend(_URI_PARAM_PASSWORD.findall(dbname))
-    return tuple(s for s in found if isinstance(s, str) and s)
 
 
 if TYPE_CHECKING:
@@ -255,7 +153,7 @@ class SteadyPgConnection(_DBAPI):
                 return pg.DB(*self._args, **self._kwargs)
             except pg.Error as exc:
                 message = redact(str(exc).strip(), self._secrets)
-            if _AUTH_FAILURE.search(message):
+            if is_auth_failure(message):
                 # Waiting does not fix a wrong password or a missing role: fail at once.
                 raise AuthenticationError(message) from None
             remaining = deadline - time.monotonic()
@@ -554,7 +452,7 @@ class SteadyPgConnection(_DBAPI):
             raise exc  # the connection is fine: an error about the SQL or the arguments
         if state != _TRANS_UNKNOWN and not self._dead:
             self._event(Counter.LOST)  # once per loss, not again for each call on a known-dead one
-        ends = _ending_statement(func, args)
+        ends = ending_statement(func, args)
         # UNKNOWN before the call means the connection was already dead: no live transaction
         # unless begin() (or an earlier loss inside a raw BEGIN) set the flag.
         if self._transaction or state not in (_TRANS_IDLE, _TRANS_UNKNOWN):
@@ -566,10 +464,8 @@ class SteadyPgConnection(_DBAPI):
             raise ConnectionLostError(
                 "connection to the server lost inside a transaction: it was rolled back; end "
                 "it with rollback()"
-            ) from _cause(exc)
-        in_flight = (
-            state != _TRANS_UNKNOWN and self._retry != "always" and not _ended_by_server(exc)
-        )
+            ) from cause(exc)
+        in_flight = state != _TRANS_UNKNOWN and self._retry != "always" and not ended_by_server(exc)
         if ends == "rollback" or not self._retry or in_flight:
             # No second run: reopen now if the server answers, else before the next call.
             self._dead = True
@@ -594,13 +490,13 @@ class SteadyPgConnection(_DBAPI):
                 f"({redact(' '.join(str(exc).split())[:200], self._secrets)}): the outcome is "
                 "unknown (a write may have been committed); the statement was not run again "
                 "(retry_after_reopen='always' would) and the connection is reopened"
-            ) from _cause(exc)
+            ) from cause(exc)
         try:
             result = func(self._db, *args, **kwargs)
         except Exception as again:
             if self._cnx is not None and self._cnx.status:
                 raise
-            raise _lost_error(again, "again right after reopening") from None
+            raise lost_error(again, "again right after reopening") from None
         self._usage += 1
         return result
 
@@ -622,7 +518,7 @@ class SteadyPgConnection(_DBAPI):
         raise ConnectionLostError(
             "connection lost during COMMIT: the outcome is unknown (the server may have "
             "committed before the reply was lost); check before running the transaction again"
-        ) from _cause(exc)
+        ) from cause(exc)
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -693,55 +589,6 @@ _NATIVE_TYPES = frozenset(
     | {199, 1000, 1001, 1002, 1003, 1005, 1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028}
     | {1231, 3807}
 )
-
-
-def _ending_statement(func: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
-    """'commit' or 'rollback' if this call ends a transaction, else None."""
-    if func is pg.DB.commit:
-        return "commit"
-    if func is pg.DB.rollback and not (args and args[0]):
-        return "rollback"
-    if (
-        func is pg.DB.query
-        and args
-        and isinstance(args[0], str)
-        and _ENDS_TRANSACTION.match(args[0])
-    ):
-        return "commit" if _IS_COMMIT.match(args[0]) else "rollback"
-    return None
-
-
-# The server's own FATAL reply to a statement it was told to stop (pg_terminate_backend, a fast
-# or smart shutdown, recovery conflicts): the statement was aborted with its transaction, so it
-# did not run and may be sent again. Any other loss after sending leaves the outcome unknown.
-_SERVER_ENDED = re.compile(
-    r"terminating connection due to (administrator command|conflict with recovery)"
-    r"|the database system is shutting down",
-    re.IGNORECASE,
-)
-
-
-def _ended_by_server(exc: Exception) -> bool:
-    """True when the call failed in a way that shows its statement did not run.
-
-    Either the server said it ended the session (see :data:`_SERVER_ENDED`), or PyGreSQL
-    failed before sending: its ``LookupError('unknown encoding: ')`` comes from encoding the
-    statement for a connection libpq already knows is gone (an earlier step of the same
-    ``pg.DB`` method met the loss).
-    """
-    return isinstance(exc, LookupError) or bool(_SERVER_ENDED.search(str(exc)))
-
-
-def _cause(exc: Exception) -> Exception | None:
-    """What a ConnectionLostError chains to: PyGreSQL's error, not its LookupError plumbing."""
-    return exc if isinstance(exc, pg.Error) else None
-
-
-def _lost_error(exc: Exception, where: str) -> Exception:
-    """The error for a lost connection: PyGreSQL's own if it is one, else ConnectionLostError."""
-    if isinstance(exc, pg.Error):
-        return exc
-    return ConnectionLostError(f"connection to the server lost {where}")
 
 
 def _wait_for_eof(fd: int, timeout: float) -> None:

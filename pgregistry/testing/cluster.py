@@ -49,6 +49,8 @@ from typing import Any, Final, Literal
 
 import pg
 
+from ..conninfo import quote_value
+from ..sql import quote_ident, quote_literal
 from ._ports import PortError, PortReservation, process_alive, run_as_ids
 
 __all__ = [
@@ -506,8 +508,8 @@ class TemporaryCluster:
         ``params`` fill ``$1``, ``$2`` ... placeholders. Errors are PyGreSQL's.
         """
         db = pg.DB(
-            f"host={self.host} port={self.port} dbname='{_quote(dbname or self.dbname)}'"
-            f" user='{_quote(user or self.user)}' connect_timeout={connect_timeout}"
+            f"host={self.host} port={self.port} dbname={quote_value(dbname or self.dbname)}"
+            f" user={quote_value(user or self.user)} connect_timeout={connect_timeout}"
         )
         try:
             result = db.query(sql, tuple(params)) if params is not None else db.query(sql)
@@ -528,7 +530,7 @@ class TemporaryCluster:
             user="postgres",
         )  # fmt: skip
         if not exists:
-            self.execute(f"CREATE DATABASE {_identifier(name)}", dbname="postgres", user="postgres")
+            self.execute(f"CREATE DATABASE {quote_ident(name)}", dbname="postgres", user="postgres")
         return name
 
     def kill_backends(self, pids: Iterable[int] | None = None, timeout: float = 5.0) -> int:
@@ -685,7 +687,7 @@ class TemporaryCluster:
         for role in sorted(roles):
             self.execute(
                 "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
-                f"{_literal(role)}) THEN CREATE ROLE {_identifier(role)} SUPERUSER LOGIN;"
+                f"{quote_literal(role)}) THEN CREATE ROLE {quote_ident(role)} SUPERUSER LOGIN;"
                 " END IF; END$$",
                 dbname="postgres",
                 user="postgres",
@@ -757,16 +759,3 @@ class TemporaryCluster:
         else:
             output = f"exit status {result.returncode}: {(result.stdout + result.stderr).strip()}"
         return f"temporary cluster in {self._base_dir}: {what}; {output}\n{self._log_tail()}"
-
-
-def _quote(value: str) -> str:
-    """Quote a value inside a single-quoted libpq keyword/value conninfo."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
