@@ -25,8 +25,6 @@ __all__ = ["CLOSED", "LOOK", "OPEN", "PLACE", "HandOff", "Waiter"]
 _HELD_POLL = 0.005
 # Reaching maxconnections is logged at most this often per pool, in seconds.
 LIMIT_LOG_INTERVAL = 60.0
-# Under a server budget, how long a close waits for the server to end the backend, in seconds.
-_BACKEND_EXIT_WAIT = 1.0
 
 
 class Waiter:
@@ -364,10 +362,7 @@ class HandOff(PoolState):
         place handed on next is never counted twice on the server.
         """
         slot.conn.listener = None
-        if self._budget is not None:
-            slot.conn.close_and_wait(_BACKEND_EXIT_WAIT)
-        else:
-            slot.conn.close()
+        slot.conn.close()  # waits for the backend to exit under a budget (close_wait)
 
     def _freed(self, count: int) -> None:
         """``count`` places were freed and their connections closed: give back the budget."""

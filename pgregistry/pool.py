@@ -58,6 +58,8 @@ __all__ = ["PoolStats", "PooledPg", "PooledPgConnection"]
 # Lifetimes are shortened by up to this fraction, at random, so that connections opened
 # together do not all expire together.
 _LIFETIME_JITTER = 0.1
+# Under a server budget, how long a close waits for the server to end the backend, in seconds.
+_BACKEND_EXIT_WAIT = 1.0
 # Bounds for how often the maintenance task runs, in seconds.
 _UPKEEP_MIN, _UPKEEP_MAX = 0.01, 15.0
 # How often a waiter looks for connections held by results that have been released, in s.
@@ -257,6 +259,8 @@ class PooledPg(HandOff, Upkeep):
             **self._kwargs,
         )
         conn.logger = self.logger
+        if self._budget is not None:
+            conn.close_wait = _BACKEND_EXIT_WAIT
         return conn
 
     def _new_slot(self) -> Slot:

@@ -132,6 +132,11 @@ class SteadyPgConnection(_DBAPI):
         self._cnx: Any = None  # the C-level pg.Connection inside self._db
         self._poller: Any = None  # readable-socket check before sending (see _run)
         self._dead = False  # found dead before sending; reopen before the next call
+        # The old connection was let go but its replacement failed to open: reopen at next use.
+        self._reopen_pending = False
+        #: Seconds a close waits for the server to end the backend (pools under a server
+        #: budget set it, so a place is never counted twice on the server); 0: no wait.
+        self.close_wait = 0.0
         #: Column type oids whose typecasts this pg.DB has resolved (see prime_types).
         self._primed: set[int] = set()
         self._pid = os.getpid()
@@ -182,18 +187,46 @@ class SteadyPgConnection(_DBAPI):
             raise
 
     def _open_new(self) -> None:
+        """Replace the connection: the old backend is let go first, then a new one opened.
+
+        In this order, so that a reopen (``maxusage``, ``reset="reconnect"``, ``reopen()``,
+        a loss) never holds two backends at once: a server budget counts one per connection.
+        If the open fails, the connection is left to reopen at its next use.
+        """
+        old = self._db
+        if old is not None:
+            self._db, self._cnx, self._poller = None, None, None
+            self._reopen_pending = True
+            self._let_go(old)
         db = self._connect_raw()
         self._prepare_session(db)
-        old = self._db
         self._db, self._cnx = db, db.db
+        self._reopen_pending = False
         self._primed = set()
         self._dead = False
         self._poller = select.poll()  # not select.select: that fails for descriptors > 1023
         self._poller.register(db.db.socket, select.POLLIN)  # type: ignore[union-attr]
         self._transaction = False
         self._usage = 0
-        if old is not None:
-            _close_quietly(old)
+
+    def _let_go(self, db: pg.DB) -> None:
+        """Close ``db``; with :attr:`close_wait`, wait until the server has ended its backend.
+
+        libpq's close sends the server a goodbye and returns at once; the backend lingers in
+        ``pg_stat_activity`` and counts against ``max_connections`` until it has exited. The
+        server closes its end of the socket only after that, so waiting for end-of-file on a
+        duplicate of the socket tells when the connection is really gone.
+        """
+        fd = -1
+        cnx = db.db
+        if self.close_wait > 0 and cnx is not None and cnx.status:
+            with contextlib.suppress(Exception):
+                fd = os.dup(cnx.socket)
+        try:
+            _close_quietly(db)
+        finally:
+            if fd >= 0:
+                _wait_for_eof(fd, self.close_wait)
 
     def _event(self, event: Counter) -> None:
         listener = self.listener
@@ -215,27 +248,17 @@ class SteadyPgConnection(_DBAPI):
     def _close_now(self) -> None:
         db, self._db, self._cnx = self._db, None, None
         self._transaction = False
+        self._reopen_pending = False
         if db is not None:
-            _close_quietly(db)
+            self._let_go(db)
 
     def close_and_wait(self, timeout: float) -> None:
-        """Close, then wait up to ``timeout`` seconds until the server has ended the backend.
-
-        libpq's close sends the server a goodbye and returns at once; the backend lingers in
-        ``pg_stat_activity`` and counts against ``max_connections`` until it has exited. The
-        server closes its end of the socket only after that, so waiting for end-of-file on a
-        duplicate of the socket tells when the connection is really gone.
-        """
-        cnx = self._cnx
-        fd = -1
-        if cnx is not None and cnx.status:
-            with contextlib.suppress(Exception):
-                fd = os.dup(cnx.socket)
+        """Close, then wait up to ``timeout`` seconds until the server has ended the backend."""
+        wait, self.close_wait = self.close_wait, timeout
         try:
             self._close_now()
         finally:
-            if fd >= 0:
-                _wait_for_eof(fd, timeout)
+            self.close_wait = wait
 
     def reopen(self) -> None:
         """Close the connection and open a new one (``setsession`` replayed, usage reset)."""
@@ -248,7 +271,7 @@ class SteadyPgConnection(_DBAPI):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` closed the connection."""
-        return self._db is None
+        return self._db is None and not self._reopen_pending
 
     @property
     def usage(self) -> int:
@@ -379,7 +402,17 @@ class SteadyPgConnection(_DBAPI):
     def _live_db(self) -> pg.DB:
         db = self._db
         if db is None:
-            raise InvalidConnectionError("the connection is closed; call reopen() to use it again")
+            if not self._reopen_pending:
+                raise InvalidConnectionError(
+                    "the connection is closed; call reopen() to use it again"
+                )
+            # A replacement that failed to open (the old backend was let go first): try again.
+            if self._dead:
+                self._reopen_after_loss()
+            else:
+                self._open_new()
+            db = self._db
+            assert db is not None
         return db
 
     def _run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -308,3 +308,22 @@ def test_a_connection_lost_once_counts_once_in_stats_however_often_it_is_called(
     db.close()
     stats = pool.stats()
     assert (stats["lost"], stats["reopened"]) == (1, 1)
+
+
+def test_a_replacement_that_fails_to_open_is_opened_at_the_next_use(
+    healthy_cluster: TemporaryCluster,
+) -> None:
+    # maxusage lets the old backend go before it opens the new one (so a budget is never
+    # exceeded): with the server down that open fails, and the connection must not end up
+    # closed for good.
+    steady = SteadyPgConnection(1, None, True, **healthy_cluster.connect_kwargs())
+    try:
+        steady.query("SELECT 1")
+        healthy_cluster.stop("fast")
+        with pytest.raises(ServerUnavailableError):
+            steady.query("SELECT 2")
+        assert not steady.closed
+        healthy_cluster.start()
+        assert steady.query("SELECT 3").getresult() == [(3,)]
+    finally:
+        steady.close()

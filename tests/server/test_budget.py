@@ -207,7 +207,7 @@ def test_a_full_budget_times_out_naming_the_server(
         waited = time.monotonic() - started
         message = str(exc.value)
         assert "pool 'b'" in message and "server budget 'main'" in message
-        assert "2/2" in message and "max_connections" in message
+        assert "2/2" in message and "servers.main.maxconnections" in message
         assert 0.3 <= waited < 10  # it waited its timeout, and not forever
         budget = reg.stats()["servers"]["main"]
         assert (budget["timeouts"], budget["waits"], budget["used"]) == (1, 1, 2)
@@ -306,3 +306,59 @@ def test_closing_gives_every_unit_back(
     reg.close()
     assert reg.stats()["servers"]["main"]["used"] == 0
     assert count_like(monitor.db, app_name) == 0
+
+
+@pytest.mark.parametrize("reopen_by", ["reset_reconnect", "maxusage", "db_reopen"])
+def test_reopening_a_connection_never_exceeds_the_budget_on_the_server(
+    shared_kwargs: dict[str, Any],
+    app_name: str,
+    make_registry: Callable[..., Registry],
+    reopen_by: str,
+) -> None:
+    # Every path that replaces a backend (reset="reconnect", maxusage, db.reopen()) must let the
+    # old backend go before the new one is opened: by pg_stat_activity, never more than 6.
+    budget, threads_count = 6, 24
+    extra: dict[str, Any] = {"maxconnections": 3, "blocking": True, "timeout": 30}
+    if reopen_by == "reset_reconnect":
+        extra["reset"] = "reconnect"
+    elif reopen_by == "maxusage":
+        extra["maxusage"] = 2
+    names = ("a", "b", "c")
+    reg = make_registry(
+        {
+            "servers": server(shared_kwargs, budget),
+            "pools": pools(shared_kwargs, app_name, *names, **extra),
+        }
+    )
+    ops = [0] * threads_count
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads_count + 1, timeout=10)
+    run_for, max_ops = 1.5, 60  # bounded in time and count
+
+    def work(number: int) -> None:
+        try:
+            start.wait()
+            deadline = time.monotonic() + run_for
+            while time.monotonic() < deadline and ops[number] < max_ops:
+                with reg.connection(names[number % 3]) as db:
+                    db.query("SELECT 1")
+                    if reopen_by == "db_reopen":
+                        db.reopen()
+                        db.query("SELECT 2")
+                ops[number] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_count)]
+    with PeakWatcher(shared_kwargs, app_name) as watcher:
+        for thread in threads:
+            thread.start()
+        start.wait()
+        for thread in threads:
+            thread.join(60)
+        peak, samples = watcher.peak, watcher.samples
+    print(f"{reopen_by}: peak {peak} on the server ({samples} samples), ops {sum(ops)}")
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors[:3]
+    assert min(ops) > 0 and samples > 10
+    assert 0 < peak <= budget
