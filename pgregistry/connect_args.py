@@ -5,19 +5,24 @@ retry option, checked when a connection or pool is made, and the passwords among
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeAlias
 
 import pg
 
+from .conninfo import ConninfoError, build_conninfo, is_conninfo, parse_conninfo
+
 __all__ = [
     "CONNECT_PARAMETERS",
+    "NETWORK_DEFAULTS",
     "SetSession",
     "check_connect_args",
     "check_retry",
     "normalize_setsession",
     "secrets_of",
+    "with_network_defaults",
 ]
 
 SetSession: TypeAlias = "Sequence[str] | str | Callable[[pg.DB], object] | None"
@@ -114,3 +119,69 @@ def secrets_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]
             found.extend(password.split("@")[1:])
         found.extend(_URI_PARAM_PASSWORD.findall(dbname))
     return tuple(s for s in found if isinstance(s, str) and s)
+
+
+# libpq settings that bound how long a dead or unreachable server can hold a caller: a connect
+# gives up after connect_timeout; TCP keepalives find a peer gone while the connection is idle
+# (30 s + 3 x 10 s); tcp_user_timeout fails a send the peer never acknowledged (30 s). Applied
+# only where the connection target does not set them itself.
+NETWORK_DEFAULTS: dict[str, str] = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+# Environment variables through which libpq takes some of them: a value there wins too.
+_NETWORK_ENV = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
+def with_network_defaults(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], float]:
+    """The ``pg.DB`` arguments with :data:`NETWORK_DEFAULTS` added where not set, and the
+    connect timeout in effect (seconds; the bound for a ping or a reset too).
+
+    The defaults go into ``dbname`` as a keyword conninfo (libpq reads a ``dbname`` holding
+    ``=`` as one); ``host``, ``port`` and the other arguments still override it. A target
+    naming a ``service`` (its file may set them) or a ``dbname`` that cannot be parsed is left
+    as it is.
+    """
+    positional = bool(args)
+    dbname = args[0] if positional else kwargs.get("dbname")
+    params: dict[str, str] = {}
+    if isinstance(dbname, str) and dbname:
+        if is_conninfo(dbname):
+            try:
+                params = parse_conninfo(dbname)
+            except ConninfoError:
+                return args, kwargs, _timeout_of({})
+        else:
+            params = {"dbname": dbname}
+    elif dbname is not None:
+        return args, kwargs, _timeout_of({})  # not a string: pg.DB reports it
+    if "service" in params or os.environ.get("PGSERVICE"):
+        return args, kwargs, _timeout_of(params)
+    added = {
+        key: value
+        for key, value in NETWORK_DEFAULTS.items()
+        if key not in params and not os.environ.get(_NETWORK_ENV.get(key, ""), "")
+    }
+    if not added:
+        return args, kwargs, _timeout_of(params)
+    merged = build_conninfo({**params, **added})
+    if positional:
+        return (merged, *args[1:]), kwargs, _timeout_of({**params, **added})
+    return args, {**kwargs, "dbname": merged}, _timeout_of({**params, **added})
+
+
+def _timeout_of(params: dict[str, str]) -> float:
+    """libpq's connect_timeout as it applies (conninfo, else PGCONNECT_TIMEOUT), in seconds;
+    the default's when it is unset, zero (no limit) or not a number."""
+    text = params.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT", "")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    return seconds if seconds > 0 else float(NETWORK_DEFAULTS["connect_timeout"])

@@ -39,6 +39,7 @@ from .connect_args import (
     check_retry,
     normalize_setsession,
     secrets_of,
+    with_network_defaults,
 )
 from .conninfo import redact
 from .errors import (
@@ -123,9 +124,9 @@ class SteadyPgConnection(_DBAPI):
         self._closeable = closeable
         self._retry = check_retry(retry_after_reopen)
         self._reconnect_timeout = reconnect_timeout or 0.0
-        self._args = args
-        self._kwargs = kwargs
         self._secrets = secrets_of(args, kwargs)
+        #: Seconds a ping or a reset on return waits for the server's answer: connect_timeout.
+        self._args, self._kwargs, self.probe_timeout = with_network_defaults(args, kwargs)
         self._transaction = False
         self._usage = 0
         self._db: pg.DB | None = None
@@ -327,13 +328,13 @@ class SteadyPgConnection(_DBAPI):
         in_transaction = state != _TRANS_IDLE
         if policy is ResetPolicy.ROLLBACK_IF_NEEDED:
             if in_transaction:
-                cnx.query("ROLLBACK")
+                self._ask("ROLLBACK")
         elif policy is ResetPolicy.ROLLBACK:
-            cnx.query("ROLLBACK" if in_transaction else "SELECT")
+            self._ask("ROLLBACK" if in_transaction else "SELECT")
         elif policy is ResetPolicy.DISCARD:
             if in_transaction:
-                cnx.query("ROLLBACK")
-            cnx.query("DISCARD ALL")
+                self._ask("ROLLBACK")
+            self._ask("DISCARD ALL")
             self.replay_session()
         else:
             self.reopen()
@@ -376,15 +377,48 @@ class SteadyPgConnection(_DBAPI):
         return cnx is None or self._dead or not cnx.status
 
     def ping(self) -> bool:
-        """One round trip (``SELECT``); False if the connection is dead or busy."""
-        cnx = self._cnx
-        if cnx is None:
+        """One round trip (``SELECT``), waiting at most :attr:`probe_timeout`; False if the
+        connection is dead, busy, or the server does not answer in time."""
+        if self._cnx is None:
             return False
         try:
-            cnx.query("SELECT")
+            self._ask("SELECT")
         except Exception:
             return False
         return True
+
+    def _ask(self, sql: str) -> None:
+        """Run ``sql`` (a pool's own statement), waiting at most :attr:`probe_timeout` for it.
+
+        A server that stops answering with the connection still open (a frozen process, a
+        stalled network path the kernel still acknowledges) would hold a plain query forever.
+        Sent without waiting, the reply is awaited on the socket with a deadline; past it the
+        connection is taken for lost, let go, and reopened at its next use.
+        """
+        cnx = self._cnx
+        poller = self._poller
+        query = cnx.send_query(sql)
+        if not poller.poll(self.probe_timeout * 1000):
+            old, self._db, self._cnx, self._poller = self._db, None, None, None
+            self._reopen_pending = self._dead = True
+            if old is not None:
+                _close_quietly(old)
+            self._event(Counter.LOST)
+            raise ConnectionLostError(
+                f"no answer from the server within {self.probe_timeout:g} s (connect_timeout) "
+                f"to {sql.split()[0]}; the connection is closed"
+            )
+        error: Exception | None = None
+        while True:
+            try:
+                if query.getresult() is None:
+                    break
+            except Exception as exc:  # keep reading to the end of the reply, then raise
+                if error is not None or not cnx.status:
+                    raise
+                error = exc
+        if error is not None:
+            raise error
 
     def __del__(self) -> None:
         try:
