@@ -256,9 +256,9 @@ class PooledPg(HandOff, Upkeep):
             *self._args,
             retry_after_reopen=self._retry,
             reconnect_timeout=self._reconnect_timeout,
+            logger=self.logger,
             **self._kwargs,
         )
-        conn.logger = self.logger
         if self._budget is not None:
             conn.close_wait = _BACKEND_EXIT_WAIT
         return conn

@@ -49,6 +49,7 @@ from .errors import (
     ServerUnavailableError,
 )
 from .failures import cause, ended_by_server, ending_statement, is_auth_failure, lost_error
+from .logs import RateLimit
 from .policies import ResetPolicy
 from .stats import Counter
 
@@ -58,6 +59,10 @@ _TRANS_IDLE: int = pg.TRANS_IDLE
 _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
 _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 _log = logging.getLogger("pgregistry.connection")
+
+# A failing connect is logged at most this often per logger (pool), in seconds.
+_CONNECT_LOG_INTERVAL = 10.0
+_CONNECT_FAILURES: dict[str, RateLimit] = {}
 
 # Reconnect backoff: first pause and cap, in seconds.
 _BACKOFF_START = 0.02
@@ -110,6 +115,7 @@ class SteadyPgConnection(_DBAPI):
         *args: Any,
         retry_after_reopen: bool | Literal["always"] = True,
         reconnect_timeout: float | None = 0.0,
+        logger: logging.Logger | None = None,
         **kwargs: Any,
     ) -> None:
         if maxusage is not None and (
@@ -143,7 +149,7 @@ class SteadyPgConnection(_DBAPI):
         self._pid = os.getpid()
         #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
         self.listener: Callable[[Counter], None] | None = None
-        self.logger: logging.Logger = _log
+        self.logger: logging.Logger = logger or _log
         self._open_new()
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -151,24 +157,67 @@ class SteadyPgConnection(_DBAPI):
     # -- opening ------------------------------------------------------------------------------
 
     def _connect_raw(self) -> pg.DB:
-        """Open a pg.DB, retrying within ``reconnect_timeout``; raise ServerUnavailableError."""
-        deadline = time.monotonic() + self._reconnect_timeout
+        """Open a pg.DB, retrying within ``reconnect_timeout``; raise ServerUnavailableError.
+
+        Each failed attempt is said once: the first of a series at WARNING with the backoff
+        state (at most once per 10 s per pool, with the count of those not said) and, if it
+        was said, the giving up; the retries at DEBUG; connecting after failures at INFO.
+        """
+        started = time.monotonic()
+        deadline = started + self._reconnect_timeout
         pause = _BACKOFF_START
+        attempt = 0
+        announced = False
         while True:
+            attempt += 1
             try:
-                return pg.DB(*self._args, **self._kwargs)
+                db = pg.DB(*self._args, **self._kwargs)
             except pg.Error as exc:
                 message = redact(str(exc).strip(), self._secrets)
+            else:
+                if attempt > 1:
+                    self.logger.info(
+                        "connected after %d attempts in %.2f s", attempt, time.monotonic() - started
+                    )
+                return db
             if is_auth_failure(message):
                 # Waiting does not fix a wrong password or a missing role: fail at once.
+                self.logger.warning("login refused, not retried: %s", message)
                 raise AuthenticationError(message) from None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if attempt == 1:
+                    self._say_connect_failure("not retried (reconnect_timeout is 0)", message)
+                elif announced:  # the series was said: so is its end
+                    self.logger.warning(
+                        "gave up connecting after %d attempts in %.2f s (reconnect_timeout): %s",
+                        attempt,
+                        time.monotonic() - started,
+                        message,
+                    )
                 # Raised outside the except block so that not even __context__ keeps libpq's
                 # raw message: it may echo a malformed conninfo, password included.
                 raise ServerUnavailableError(message) from None
+            if attempt == 1:
+                announced = self._say_connect_failure(
+                    f"retrying for up to {remaining:.1f} s, pauses {pause:.2f} s growing to "
+                    f"{_BACKOFF_CAP:.2f} s",
+                    message,
+                )
+            else:
+                self.logger.debug("connect attempt %d failed, next in %.2f s", attempt, pause)
             time.sleep(min(pause, remaining))
             pause = min(pause * 1.5, _BACKOFF_CAP)
+
+    def _say_connect_failure(self, what: str, message: str) -> bool:
+        """Log a failed connect unless one was said for this logger lately; True if said."""
+        limit = _CONNECT_FAILURES.setdefault(self.logger.name, RateLimit(_CONNECT_LOG_INTERVAL))
+        count = limit.hit()
+        if count:
+            self.logger.warning(
+                "could not connect (%d failure(s) since last said), %s: %s", count, what, message
+            )
+        return bool(count)
 
     def replay_session(self) -> None:
         """Run ``setsession`` again on the current connection (after ``DISCARD ALL``)."""

@@ -14,7 +14,7 @@ from typing import Any
 import pg
 import pytest
 
-from pgregistry import PooledPg, ServerUnavailableError, SteadyPgConnection
+from pgregistry import ConnectionLostError, PooledPg, ServerUnavailableError, SteadyPgConnection
 from pgregistry.testing import TemporaryCluster
 
 pytestmark = pytest.mark.slow
@@ -195,7 +195,15 @@ def test_outage_shorter_than_reconnect_timeout_is_invisible_to_callers(
         down_at = time.monotonic()
         start_later(1.0)
         group.wait_for_progress(down_at, timeout=30.0)  # every thread got through it
-    assert group.errors() == []
+    # Calls that waited through the outage succeeded. A call sent in the instant the server
+    # went down cannot be told from one whose reply was lost after it ran (#11 item 9): it may
+    # raise ConnectionLostError saying so, and nothing else may reach a caller.
+    errors = group.errors()
+    assert all(
+        isinstance(exc, ConnectionLostError) and "outcome is unknown" in str(exc) for exc in errors
+    ), errors
+    assert group.errors(after=down_at) == []
+    assert len(errors) <= 6  # at most one per thread: the call in flight
     stats = pool.stats()
     assert stats["lost"] > 0 and stats["reopened"] > 0
     assert stats["in_use"] == 0 and stats["open"] == stats["idle"] <= 6
