@@ -294,6 +294,14 @@ class HandOff(PoolState):
             keep = False
             with self._lock:
                 self._counts[Counter.EXPIRED] += 1
+        elif keep and self._check_role and not slot.conn.role_ok():
+            keep = False  # demoted, fenced or promoted: never pooled again
+            with self._lock:
+                self._counts[Counter.WRONG_ROLE] += 1
+            self.logger.warning(
+                "pool %r: the server no longer has the role the target asks for; connection closed",
+                self.name,
+            )
         if not keep or slot.generation != self._generation:
             # Closed before its place is handed on, so a budget is never exceeded.
             self._drop(slot)

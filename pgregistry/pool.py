@@ -36,6 +36,7 @@ from .connect_args import (
     check_connect_args,
     check_retry,
     normalize_setsession,
+    required_role,
     secrets_of,
 )
 from .errors import (
@@ -214,6 +215,9 @@ class PooledPg(HandOff, Upkeep):
             PingPolicy.IDLE: self._ping_after,
         }[self._ping]
         self._rollback_if_needed = self._reset is ResetPolicy.ROLLBACK_IF_NEEDED
+        # A target_session_attrs role (read-write, standby, ...) is checked at checkout and
+        # return, without a round trip (see SteadyPgConnection.role_ok).
+        self._check_role = required_role(args, kwargs) is not None
         # Checkout/return DEBUG records cost too much to ask the logger on every checkout:
         # the answer is refreshed by every maintenance round and every slow checkout.
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
@@ -410,6 +414,8 @@ class PooledPg(HandOff, Upkeep):
             now = _monotonic()
             if now >= slot.expires_at or now - slot.since > self._ping_window:
                 slot = self._refresh(slot, now)
+            if self._check_role and not slot.conn.role_ok():
+                slot = self._replace(slot, Counter.WRONG_ROLE)
             slot.since = now
             if self._leak_threshold:
                 self._track(slot)

@@ -70,6 +70,8 @@ class PoolState:
     _reset: ResetPolicy
     #: The default reset policy: an idle connection needs nothing sent on return.
     _rollback_if_needed: bool
+    #: The target asks for a server role (target_session_attrs): check it on return.
+    _check_role: bool
     #: Literal passwords of the connection arguments, redacted from messages.
     _secrets: tuple[str, ...]
     _maintenance: Maintenance | None

@@ -36,6 +36,7 @@ class Counter(enum.StrEnum):
     RESET_FAILURES = "reset_failures"
     LEAKS = "leaks"
     STOLEN = "stolen"
+    WRONG_ROLE = "wrong_role"
 
 
 #: Every counter key, in the order stats() lists them (``checkouts`` is kept apart: it is on
@@ -88,6 +89,10 @@ class PoolStats(TypedDict):
     leaks: int
     #: Idle connections closed to make room for another pool on the same server budget.
     stolen: int
+    #: Connections closed, or reopened, because their server no longer has the role the
+    #: target asks for (``target_session_attrs``): a demoted or fenced primary, a promoted
+    #: standby.
+    wrong_role: int
 
 
 class BudgetStats(TypedDict):

@@ -38,6 +38,7 @@ from .connect_args import (
     check_connect_args,
     check_retry,
     normalize_setsession,
+    required_role,
     secrets_of,
     with_network_defaults,
 )
@@ -59,6 +60,8 @@ _TRANS_IDLE: int = pg.TRANS_IDLE
 _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
 _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 _log = logging.getLogger("pgregistry.connection")
+
+_READ_ONLY_SQL_TRANSACTION = "25006"
 
 # A failing connect is logged at most this often per logger (pool), in seconds.
 _CONNECT_LOG_INTERVAL = 10.0
@@ -146,6 +149,8 @@ class SteadyPgConnection(_DBAPI):
         self.close_wait = 0.0
         #: Column type oids whose typecasts this pg.DB has resolved (see prime_types).
         self._primed: set[int] = set()
+        #: The role the target asks for (target_session_attrs), kept on every connection.
+        self.role = required_role(self._args, self._kwargs)
         self._pid = os.getpid()
         #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
         self.listener: Callable[[Counter], None] | None = None
@@ -420,6 +425,32 @@ class SteadyPgConnection(_DBAPI):
         except Exception:
             pass  # best effort: reading the result will report any real problem
 
+    def role_ok(self) -> bool:
+        """True unless the server now reports a role the target does not accept.
+
+        No round trip: PostgreSQL 14 and later push ``in_hot_standby`` and
+        ``default_transaction_read_only`` to the client when they change (seen on the next
+        reply after a promotion or a fence). Older servers report neither: True.
+        """
+        role, cnx = self.role, self._cnx
+        if role is None or cnx is None:
+            return True
+        try:
+            hot_standby: str | None = cnx.parameter("in_hot_standby")
+            if hot_standby is None:
+                return True
+            standby = hot_standby == "on"
+            read_only = standby or cnx.parameter("default_transaction_read_only") == "on"
+        except Exception:
+            return True  # a closed or broken connection is found by the other checks
+        if role == "read-write":
+            return not read_only
+        if role == "primary":
+            return not standby
+        if role == "read-only":
+            return read_only
+        return standby  # "standby"
+
     def is_lost(self) -> bool:
         """True when libpq reports the connection broken (no round trip is made)."""
         cnx = self._cnx
@@ -565,6 +596,13 @@ class SteadyPgConnection(_DBAPI):
     ) -> Any:
         """Handle a failed call: re-raise SQL errors, reopen lost connections where safe."""
         if self._cnx is not None and self._cnx.status:
+            if (
+                getattr(exc, "sqlstate", None) == _READ_ONLY_SQL_TRANSACTION
+                and self.role in ("read-write", "primary")
+                and state == _TRANS_IDLE
+                and not self._transaction
+            ):
+                return self._run_on_a_writer(exc, func, args, kwargs)
             raise exc  # the connection is fine: an error about the SQL or the arguments
         if state != _TRANS_UNKNOWN and not self._dead:
             self._event(Counter.LOST)  # once per loss, not again for each call on a known-dead one
@@ -613,6 +651,33 @@ class SteadyPgConnection(_DBAPI):
             if self._cnx is not None and self._cnx.status:
                 raise
             raise lost_error(again, "again right after reopening") from None
+        self._usage += 1
+        return result
+
+    def _run_on_a_writer(
+        self,
+        exc: Exception,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """A write refused as read-only (25006) outside a transaction, on a target that asks
+        for a writable server: the server was demoted or fenced. The statement did not run, so
+        reopen (libpq looks for a writable host, within ``reconnect_timeout``) and run it once
+        more there."""
+        self.logger.warning(
+            "server is read-only (SQLSTATE 25006, outside a transaction): reopening to find a "
+            "writable host, then running %s() again",
+            func.__name__,
+        )
+        self._event(Counter.WRONG_ROLE)
+        try:
+            self._open_new()
+        except ServerUnavailableError:
+            self._dead = True  # reopened at next use
+            raise
+        self._event(Counter.REOPENED)
+        result = func(self._db, *args, **kwargs)
         self._usage += 1
         return result
 

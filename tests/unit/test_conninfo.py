@@ -229,6 +229,11 @@ def test_uri_parser_agrees_with_libpq_on_any_uri(uri: str) -> None:
         ours = None
     if "\x00" in uri:
         return
+    authority = uri[len("postgresql://") :].split("/")[0].split("?")[0].split("#")[0]
+    if ours is None and authority.count("@") > 1:
+        # Refused on purpose where libpq reads it: an authority with more than one "@" is
+        # ambiguous (a password with an unescaped "@" would show as the host; #11 item 12).
+        return
     assert ours == libpq_parse(uri)
 
 
