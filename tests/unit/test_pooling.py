@@ -142,6 +142,15 @@ def test_pooledpg_refuses_at_construction_naming_statement_and_alternative(
     assert SECRET not in message
 
 
+def test_a_refused_statement_holding_a_password_is_shown_masked(dead_dsn: str) -> None:
+    statements = [f"SET app.remote = 'host=r password={SECRET}'", f"LISTEN x -- password={SECRET}"]
+    with pytest.raises(ValueError) as caught:
+        PooledPg(setsession=statements, server_pooling="transaction", dbname=dead_dsn)
+    message = str(caught.value)
+    assert "setsession[0]: \"SET app.remote = 'host=r password=********" in message
+    assert "setsession[1]" in message and SECRET not in message
+
+
 @pytest.mark.parametrize(
     "target",
     [
