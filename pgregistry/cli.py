@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import __version__
-from .config import PoolSettings, Settings, load_settings
+from . import __version__, pooling
+from .config import PROCESSES_ENV, PoolSettings, Settings, load_settings
 from .conninfo import redact
 from .errors import ConfigError, InvalidTenantError, UnknownPoolError
 from .registry import Registry
@@ -125,23 +125,82 @@ def _check(settings: Settings, *, as_json: bool, out: TextIO) -> int:
                 + [_cell(settings.server_of(template))]
             )
         _table(rows, out)
+    _check_server_pooling(settings, out)
     if settings.servers:
-        out.write("\nserver budgets\n")
-        members: dict[str, list[str]] = {name: [] for name in settings.servers}
-        for kind, tables in (("", settings.pools), ("template ", settings.tenants)):
-            for name in sorted(tables):
-                owner = settings.server_of(tables[name])
-                if owner in members:
-                    members[owner].append(kind + name)
-        rows = [["server", "host", "port", "maxconnections", "pools"]]
-        for name in sorted(settings.servers):
-            server = settings.servers[name]
-            pools = ", ".join(members[name]) or "-"
-            rows.append(
-                [name, _cell(server.host), _cell(server.port), str(server.max_connections), pools]
-            )
-        _table(rows, out)
+        _check_budgets(settings, out)
+    elif os.environ.get(PROCESSES_ENV, "").strip():
+        out.write(f"\nnote: ${PROCESSES_ENV} divides no budget: no [servers.NAME] table\n")
     return 0
+
+
+def _check_server_pooling(settings: Settings, out: TextIO) -> None:
+    """Which pools have a pooler in the way or a statement_timeout, and how it is applied."""
+    tables: list[tuple[str, PoolSettings]] = [
+        (n, settings.pools[n]) for n in sorted(settings.pools)
+    ]
+    tables += [(f"template {n}", settings.tenants[n]) for n in sorted(settings.tenants)]
+    rows = [["pool", "server_pooling", "statement_timeout", "applied as"]]
+    for name, pool in tables:
+        if pool.server_pooling == "none" and pool.statement_timeout is None:
+            continue
+        timeout = pool.statement_timeout
+        rows.append(
+            [
+                name,
+                pool.server_pooling,
+                "-" if timeout is None else f"{_cell(timeout)} s",
+                pooling.statement_timeout_via(pool.server_pooling, timeout),
+            ]
+        )
+    if len(rows) > 1:
+        out.write("\nserver-side pooling and statement_timeout\n")
+        _table(rows, out)
+
+
+def _check_budgets(settings: Settings, out: TextIO) -> None:
+    """The server budgets: the whole figure, the processes sharing it and this process's share."""
+    out.write("\nserver budgets\n")
+    members: dict[str, list[PoolSettings]] = {name: [] for name in settings.servers}
+    labels: dict[str, list[str]] = {name: [] for name in settings.servers}
+    for kind, tables in (("", settings.pools), ("template ", settings.tenants)):
+        for name in sorted(tables):
+            owner = settings.server_of(tables[name])
+            if owner in members:
+                members[owner].append(tables[name])
+                labels[owner].append(kind + name)
+    rows = [["server", "host", "port", "maxconnections", "processes", "per process", "pools"]]
+    notes: list[str] = []
+    for name in sorted(settings.servers):
+        server = settings.servers[name]
+        rows.append(
+            [
+                name,
+                _cell(server.host),
+                _cell(server.port),
+                str(server.max_connections),
+                str(server.processes),
+                str(server.per_process),
+                ", ".join(labels[name]) or "-",
+            ]
+        )
+        if server.processes > server.max_connections:
+            notes.append(
+                f"servers.{name}: {server.processes} processes get at least 1 connection each, "
+                f"{server.processes} together, above maxconnections {server.max_connections}; "
+                "raise maxconnections or put a pooler in front (see README, Deploying with "
+                "many processes)"
+            )
+        # A template's pools: maxconnections each, max_pools of them.
+        wanted = [p.maxconnections * getattr(p, "max_pools", 1) for p in members[name]]
+        if wanted and 0 not in wanted and sum(wanted) > server.per_process:
+            notes.append(
+                f"servers.{name}: its pools' maxconnections add up to {sum(wanted)}, above the "
+                f"{server.per_process} per process: they share it (a pool that needs one closes "
+                "another pool's idle connection, else waits up to its timeout)"
+            )
+    _table(rows, out)
+    for note in notes:
+        out.write(f"note: {note}\n")
 
 
 def _ping(settings: Settings, names: list[str], *, as_json: bool, out: TextIO) -> int:
@@ -223,12 +282,16 @@ def _ping_one(pool: PoolSettings, label: str | None = None) -> dict[str, Any]:
     kwargs = pool.pool_kwargs()
     result: dict[str, Any] = {"pool": label or pool.name, "ok": False}
     try:
-        conn = SteadyPgConnection(
-            None,
-            kwargs.get("setsession"),
-            True,
-            dbname=kwargs["dbname"],
+        # The startup option or session SET of statement_timeout, as the pool sends them.
+        pooled = pooling.configure(
+            pool.server_pooling,
+            pool.statement_timeout,
+            tuple(pool.setsession),
+            pool.reset,
+            (),
+            {"dbname": kwargs["dbname"]},
         )
+        conn = SteadyPgConnection(None, pooled.setsession or None, True, **pooled.kwargs)
         try:
             rounds = []
             for _ in range(_PING_ROUNDS):

@@ -46,7 +46,7 @@ class Option:
     unit: str
     #: One paragraph: what the setting does and what 0/none means.
     doc: str
-    #: README group: "sizing", "behaviour" or "health".
+    #: README group: "sizing", "behaviour", "health" or "server".
     section: str
     #: The configuration's default when it differs from ``default`` (see ``differs_because``).
     config_default: object = None
@@ -201,6 +201,29 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds after which a checked-out connection is logged once as a possible leak, "
         "with the stack that checked it out (0/none: off).",
         "health",
+    ),
+    Option(
+        "server_pooling",
+        "none",
+        "str",
+        "",
+        "The server-side pooler between the pool and PostgreSQL: none (a direct connection), "
+        "session or transaction (PgBouncer's pool_mode). Under transaction, what needs a "
+        "server session is refused: setsession statements that set session state (SET "
+        "without LOCAL, LISTEN, PREPARE, temporary tables, session advisory locks), an "
+        "options startup parameter, reset = discard.",
+        "server",
+    ),
+    Option(
+        "statement_timeout",
+        None,
+        "float | None",
+        "seconds",
+        "Seconds a statement may run before the server cancels it (SQLSTATE 57014): sent at "
+        "connect on a direct connection, SET after every open under session pooling, SET "
+        "LOCAL in transactions begun with begin() under transaction pooling (none: not set; "
+        "0: no timeout, sent explicitly).",
+        "server",
     ),
 )
 

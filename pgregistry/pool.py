@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from . import handoff, leak
+from . import handoff, leak, pooling
 from .budget import ServerBudget
 from .checks import check_name, check_seconds, check_sizes
 from .connect_args import (
@@ -124,6 +124,13 @@ class PooledPg(HandOff, Upkeep):
     leak_threshold
         Seconds after which a checked-out connection is logged once as a possible leak, with
         the stack that checked it out (default None: off).
+    server_pooling
+        The server-side pooler in the way: ``"none"`` (default), ``"session"`` or
+        ``"transaction"``; under ``"transaction"``, what needs a server session is refused with
+        a ``ValueError`` (see :mod:`pgregistry.pooling`).
+    statement_timeout
+        Seconds a statement may run (default None: not set); how it is sent depends on
+        ``server_pooling`` (:func:`pgregistry.pooling.statement_timeout_via`).
     maintenance
         A shared :class:`~pgregistry.maintenance.Maintenance` to run this pool's upkeep on
         (registries pass theirs); by default the pool starts its own thread when it needs one.
@@ -153,6 +160,8 @@ class PooledPg(HandOff, Upkeep):
         ping: str | PingPolicy = PingPolicy.IDLE,
         ping_after: float = 30.0,
         leak_threshold: float | None = None,
+        server_pooling: str = "none",
+        statement_timeout: float | None = None,
         maintenance: Maintenance | None = None,
         budget: ServerBudget | None = None,
         **kwargs: Any,
@@ -192,6 +201,13 @@ class PooledPg(HandOff, Upkeep):
         self._args = args
         self._kwargs = kwargs
         self._secrets = secrets_of(args, kwargs)
+        # Server-side pooling and statement_timeout (issue 15): see pgregistry.pooling.
+        pooled = pooling.configure(
+            server_pooling, statement_timeout, self._setsession, self._reset, args, kwargs
+        )
+        self.server_pooling: pooling.ServerPooling = pooled.server_pooling
+        self.statement_timeout: float | None = pooled.statement_timeout
+        self._args, self._kwargs, self._setsession = pooled.args, pooled.kwargs, pooled.setsession
 
         self._lock = threading.Lock()
         self._idle: deque[Slot] = deque()

@@ -327,7 +327,8 @@ class Registry:
         server = settings.server_of(pool_settings)
         if server is None:
             return None
-        limit = settings.servers[server].max_connections
+        # This process's share: maxconnections // processes (issue 15), at least 1.
+        limit = settings.servers[server].per_process
         with self._lock:
             budget = self._budgets.get(server)
             if budget is None:
@@ -419,7 +420,7 @@ class Registry:
             retired_groups = [g for n, g in self._tenants.items() if n not in kept_groups]
             for server, budget in self._budgets.items():
                 if server in settings.servers:
-                    budget.max_connections = settings.servers[server].max_connections
+                    budget.max_connections = settings.servers[server].per_process
             self._settings = settings
             self._pools = keep
             self._tenants = kept_groups

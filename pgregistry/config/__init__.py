@@ -46,7 +46,7 @@ from .fields import TARGET_KEYS, check_pool_name
 from .loader import load_settings, settings_from_mapping
 from .pool import POOL_OPTION_KEYS, PoolSettings
 from .settings import ServerSettings, Settings
-from .sources import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX, SECRETS_DIR_ENV
+from .sources import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX, PROCESSES_ENV, SECRETS_DIR_ENV
 from .tenant import DEFAULT_TENANT_PATTERN, PLACEHOLDER_FIELDS, TenantSettings
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "ENV_PREFIX",
     "PLACEHOLDER_FIELDS",
     "POOL_OPTION_KEYS",
+    "PROCESSES_ENV",
     "SECRETS_DIR_ENV",
     "TARGET_KEYS",
     "PoolSettings",

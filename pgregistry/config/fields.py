@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from ..conninfo import LIBPQ_KEYWORDS, TARGET_KEYWORDS, ConninfoError, is_conninfo, parse_conninfo
 from ..options import KEY_ALIASES, SECRET_KEYS, option
 from ..policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
+from ..pooling import STATEMENT_TIMEOUT_MAX
 
 #: Keys that name the connection target one by one; ``conninfo`` replaces all of them but
 #: ``password``, which may accompany a conninfo that holds none (say, from a secret file).
@@ -163,6 +164,12 @@ _Seconds = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan
 _OptionalSeconds = Annotated[
     Annotated[float, Field(ge=0, allow_inf_nan=False)] | None, BeforeValidator(_none_word)
 ]
+#: statement_timeout: seconds up to PostgreSQL's limit (INT_MAX milliseconds), or none.
+_StatementTimeout = Annotated[
+    Annotated[float, Field(ge=0, le=STATEMENT_TIMEOUT_MAX, allow_inf_nan=False)] | None,
+    BeforeValidator(_none_word),
+]
+_ServerPooling = Literal["none", "session", "transaction"]
 _OptionalCount = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_none_word)]
 _Text = Annotated[str, AfterValidator(_no_nul)]
 _Secret = Annotated[SecretStr, AfterValidator(_secret_no_nul)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
@@ -217,7 +217,10 @@ def _build(raw: RawConfig) -> Settings:
 
     tenants = _build_tenants(data, defaults, pools_raw, report, report_errors)
     servers = _build_servers(data, report, report_errors)
-    _check_budgets(pools, tenants, servers, report)
+    declared = data.get("servers")
+    declared = declared if isinstance(declared, Mapping) else {}
+    invalid = {str(name) for name in declared if str(name) not in servers}
+    _check_budgets(pools, tenants, servers, report, invalid)
 
     default = data.get("default")
     if default is not None:
@@ -371,15 +374,19 @@ def _check_budgets(
     tenants: Mapping[str, TenantSettings],
     servers: Mapping[str, ServerSettings],
     report: _Report,
+    invalid: Collection[str] = (),
 ) -> None:
-    """Every ``server`` key names a server; no server's pools open more than its budget."""
+    """Every ``server`` key names a server; no server's pools open more than its budget.
+
+    ``invalid``: servers declared with a problem (already reported): naming them is fine.
+    """
     at_start: dict[str, list[tuple[str, int]]] = {name: [] for name in servers}
     members: list[tuple[tuple[str, str], PoolSettings, int]] = [
         (("pools", name), pool, 1) for name, pool in pools.items()
     ] + [(("tenants", name), t, t.max_pools) for name, t in tenants.items()]
     for path, pool, copies in members:
         server = server_of(pool, servers)
-        if server is None:
+        if server is None or server in invalid:
             continue
         if server not in servers:
             known = ", ".join(servers) or "none"
@@ -392,12 +399,23 @@ def _check_budgets(
             at_start[server].append((path[1], pool.mincached * copies))
     for name, entries in at_start.items():
         total = sum(n for _, n in entries)
-        budget = servers[name].maxconnections
+        budgeted = servers[name]
+        # Each process opens its pools' mincached: they must fit in its share of the budget.
+        budget = budgeted.per_process
         if total > budget:
             parts = ", ".join(f"{pool} {n}" for pool, n in entries)
+            what = (
+                f"{budget}"
+                if budgeted.processes == 1
+                else f"{budgeted.maxconnections} over {budgeted.processes} processes ({budget} per "
+                "process)"
+            )
+            knobs = (
+                "maxconnections" if budgeted.processes == 1 else "maxconnections, lower processes"
+            )
             report(
                 ("servers", name, "maxconnections"),
-                f"{budget} is below the {total} connections its pools open at start "
+                f"{what} is below the {total} connections its pools open at start "
                 f"(mincached: {parts}; a template counts mincached x max_pools); raise "
-                "maxconnections or lower mincached",
+                f"{knobs} or lower mincached",
             )

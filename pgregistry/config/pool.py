@@ -26,6 +26,7 @@ from pydantic import (
 from ..conninfo import MASK, SECRET_KEYWORDS, build_conninfo, mask_conninfo, parse_conninfo
 from ..options import CONFIG_ONLY, OPTIONS
 from ..policies import PingPolicy, ResetPolicy
+from ..pooling import statement_timeout_conflicts, transaction_pooling_problems
 from .fields import (
     _ALIASES,
     _EXCLUSIVE_TARGET,
@@ -48,10 +49,12 @@ from .fields import (
     _reset_policy,
     _Seconds,
     _Secret,
+    _ServerPooling,
     _SessionAttrs,
     _SslMode,
     _Statement,
     _statements,
+    _StatementTimeout,
     _Text,
     _TlsVersion,
     _valid_conninfo,
@@ -103,6 +106,10 @@ class PoolSettings(_Frozen):
     server: Annotated[str, AfterValidator(_no_nul)] | None = _doc(
         "The [servers.NAME] budget this pool counts against (unset: matched by host and port)."
     )
+
+    # server (issue 15: a pooler in the way; pgregistry.pooling)
+    server_pooling: _ServerPooling = _option("server_pooling")
+    statement_timeout: _StatementTimeout = _option("statement_timeout")
 
     # connection target
     host: _Text | None = _doc("Host name, IP address or socket directory (comma list: several).")
@@ -221,6 +228,8 @@ class PoolSettings(_Frozen):
             for key in self._conninfo_params():
                 if key not in _EXCLUSIVE_TARGET and self._extra_value(key) is not None:
                     problems.append((key, "is set both here and in conninfo; keep one"))
+        if layer != "defaults":
+            problems += self._pooling_problems()
         if layer != "defaults" and self.maxconnections and self.mincached > self.maxconnections:
             problems.append(
                 (
@@ -231,6 +240,15 @@ class PoolSettings(_Frozen):
                 )
             )
         return problems
+
+    def _pooling_problems(self) -> list[tuple[str, str]]:
+        """What ``server_pooling`` and ``statement_timeout`` refuse (:mod:`pgregistry.pooling`):
+        what a transaction pooler breaks, and a statement_timeout set twice."""
+        options = self.libpq_params().get("options")
+        found = statement_timeout_conflicts(self.statement_timeout, self.setsession, options)
+        if self.server_pooling == "transaction":
+            found += transaction_pooling_problems(self.setsession, self.reset, options)
+        return [(problem.field, problem.message) for problem in found]
 
     # -- the connection target ----------------------------------------------------------------
 

@@ -29,6 +29,12 @@ class ServerSettings(_Frozen):
         description="Most connections all pools on this server may hold together "
         "(alias max_connections)."
     )
+    processes: Annotated[int, BeforeValidator(_no_bool), Field(ge=1)] = Field(
+        default=1,
+        description="Processes sharing the budget, each with its own pools (gunicorn workers "
+        "on every host): each process gets maxconnections // processes, at least 1. Unset: "
+        "$PGPOOLS_PROCESSES, else 1.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -46,8 +52,18 @@ class ServerSettings(_Frozen):
         """The budget under PostgreSQL's spelling (same as :attr:`maxconnections`)."""
         return self.maxconnections
 
+    @property
+    def per_process(self) -> int:
+        """This process's share of the budget: ``maxconnections // processes``, at least 1.
+
+        What the registry's :class:`~pgregistry.budget.ServerBudget` enforces. With more
+        processes than connections, every process still gets one, so together they may exceed
+        ``maxconnections`` (``pgregistry check`` says so).
+        """
+        return max(1, self.maxconnections // self.processes)
+
     def describe(self) -> dict[str, Any]:
-        return self.model_dump()
+        return {**self.model_dump(), "per_process": self.per_process}
 
 
 class Settings(_Frozen):

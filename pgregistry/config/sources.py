@@ -47,6 +47,7 @@ __all__ = [
     "ENV_DELIMITER",
     "ENV_PREFIX",
     "PRECEDENCE",
+    "PROCESSES_ENV",
     "SECRETS_DIR_ENV",
     "TOP_LEVEL_KEYS",
     "RawConfig",
@@ -58,6 +59,9 @@ __all__ = [
 CONFIG_ENV = "PGPOOLS_CONFIG"
 #: Environment variable naming the secrets directory.
 SECRETS_DIR_ENV = "PGPOOLS_SECRETS_DIR"
+#: Environment variable a process manager sets to the number of processes sharing every
+#: ``[servers.NAME]`` budget that does not set ``processes`` itself (gunicorn's workers).
+PROCESSES_ENV = "PGPOOLS_PROCESSES"
 #: The file read when neither an argument nor ``PGPOOLS_CONFIG`` names one (may be absent).
 DEFAULT_CONFIG_FILE = "pgpools.toml"
 #: ``PGPOOLS__POOLS__BILLING__MAXCACHED=8`` sets ``pools.billing.maxcached``.
@@ -371,6 +375,8 @@ def read_sources(
 
     for layer in raw.layers:
         raw.data = _merge(raw.data, layer.data)
+    if _apply_processes_env(raw, env) and "environment" not in described:
+        described.append("environment")
     raw.source = " + ".join(described) if described else "no configuration file"
 
     # A secret file cannot declare a pool: "pools__biling__password" would otherwise create
@@ -386,6 +392,29 @@ def read_sources(
                 )
     _refuse_env_typos(raw)
     return raw
+
+
+def _apply_processes_env(raw: RawConfig, env: Mapping[str, str]) -> bool:
+    """``$PGPOOLS_PROCESSES`` as the ``processes`` of every server table that has none from
+    any source (a table's own key, or ``PGPOOLS__SERVERS__NAME__PROCESSES``, wins). The value
+    is validated with the table, so a bad one is reported as ``servers.NAME.processes``,
+    naming the variable. Returns whether it applied to any server."""
+    value = env.get(PROCESSES_ENV, "").strip()
+    servers = raw.data.get("servers")
+    if not value or not isinstance(servers, Mapping):
+        return False
+    data: dict[str, Any] = {}
+    labels: dict[Path_, str] = {}
+    for name, table in servers.items():
+        if isinstance(table, Mapping) and "processes" not in table:
+            data[str(name)] = {"processes": value}
+            labels[("servers", str(name), "processes")] = f"environment: {PROCESSES_ENV}"
+    if not data:
+        return False
+    layer = _Layer("environment", {"servers": data}, labels, f"environment: {PROCESSES_ENV}")
+    raw.layers.append(layer)
+    raw.data = _merge(raw.data, layer.data)
+    return True
 
 
 #: Keys that give a pool a connection target of its own.

@@ -119,6 +119,16 @@ class TenantSettings(PoolSettings):
                     )
                 )
         problems += self._identifier_problems_at_load()
+        if self.search_path and self.server_pooling == "transaction":
+            problems.append(
+                (
+                    "search_path",
+                    "becomes SET search_path TO ... after every open: session state, which a "
+                    "transaction pooler gives to another tenant's client with the server "
+                    "connection; give each tenant a role (ALTER ROLE ... SET search_path) or "
+                    "a database of its own, or connect directly or through a session pooler",
+                )
+            )
         context = info.context if isinstance(info.context, dict) else {}
         sink = context.get("problems")
         if problems and isinstance(sink, list):

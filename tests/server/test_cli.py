@@ -164,7 +164,9 @@ def test_check_prints_tenant_templates_and_server_budgets(
     assert shop[0] == "shop" and shop[-1] == "main"
     assert "{tenant}" in templates[2]  # the template's target, placeholders as written
     budgets = out.split("\nserver budgets\n", 1)[1].splitlines()
-    assert budgets[0].split() == ["server", "host", "port", "maxconnections", "pools"]
+    assert budgets[0].split() == [
+        "server", "host", "port", "maxconnections", "processes", "per", "process", "pools",
+    ]  # fmt: skip
     settings = load_settings(REPO / "examples/tenants.toml")
     budget = str(settings.servers["main"].max_connections)
     assert budgets[2].split()[:4] == ["main", "127.0.0.1", "5432", budget]

@@ -87,6 +87,9 @@ KEY_TABLE: dict[str, Key] = {
     "ping_after": Key("5", "5", 5.0),
     "leak_threshold": Key("12.5", "12.5", 12.5),
     "server": Key('"main"', "main", "main"),  # needs [servers.main]: see _SERVER_TABLE
+    # server (issue 15)
+    "server_pooling": Key('"transaction"', "transaction", "transaction"),
+    "statement_timeout": Key("2.5", "2.5", 2.5),
     # connection target
     "host": Key('"db.example.com"', "db.example.com", "db.example.com", "db.example.com"),
     "hostaddr": Key('"10.0.0.1"', "10.0.0.1", "10.0.0.1", "10.0.0.1"),
@@ -855,6 +858,8 @@ def test_pool_kwargs_defaults() -> None:
         "ping": PingPolicy.IDLE,
         "ping_after": 30.0,
         "leak_threshold": None,
+        "server_pooling": "none",
+        "statement_timeout": None,
         "dbname": "",
     }
 

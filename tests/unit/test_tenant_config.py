@@ -606,6 +606,7 @@ SERVER_KEYS: dict[str, Key] = {
     "host": Key('"db1"', "db1", "db1"),
     "port": Key("6432", "6432", 6432),
     "maxconnections": Key("90", "90", 90),
+    "processes": Key("4", "4", 4),  # issue 15
 }
 
 
