@@ -21,7 +21,6 @@ __all__ = [
     "check_connect_args",
     "check_retry",
     "normalize_setsession",
-    "required_role",
     "secrets_of",
     "with_network_defaults",
 ]
@@ -186,25 +185,3 @@ def _timeout_of(params: dict[str, str]) -> float:
     except ValueError:
         seconds = 0.0
     return seconds if seconds > 0 else float(NETWORK_DEFAULTS["connect_timeout"])
-
-
-# target_session_attrs values whose role a connection must keep, and the role they ask for.
-_ROLES = {"read-write": "read-write", "primary": "primary", "read-only": "read-only",
-          "standby": "standby"}  # fmt: skip
-
-
-def required_role(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    """The server role the connection target asks for (libpq's ``target_session_attrs``, from
-    the conninfo or ``PGTARGETSESSIONATTRS``): ``read-write``, ``primary``, ``read-only``,
-    ``standby``; None for ``any``, ``prefer-standby`` or when it is not set.
-    """
-    dbname = args[0] if args else kwargs.get("dbname")
-    value = ""
-    if isinstance(dbname, str) and is_conninfo(dbname):
-        try:
-            value = parse_conninfo(dbname).get("target_session_attrs", "")
-        except ConninfoError:
-            value = ""
-    if not value:
-        value = os.environ.get("PGTARGETSESSIONATTRS", "")
-    return _ROLES.get(value.strip().lower())

@@ -36,7 +36,6 @@ from .connect_args import (
     check_connect_args,
     check_retry,
     normalize_setsession,
-    required_role,
     secrets_of,
 )
 from .errors import (
@@ -50,6 +49,7 @@ from .logs import LogFields, RateLimit
 from .maintenance import Maintenance, Task
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
 from .proxy import PooledPgConnection, Slot
+from .roles import required_role
 from .stats import COUNTERS, Counter, PoolObserver, PoolStats
 from .steady import SteadyPgConnection
 from .upkeep import Upkeep
@@ -207,6 +207,7 @@ class PooledPg(HandOff, Upkeep):
         )
         self.server_pooling: pooling.ServerPooling = pooled.server_pooling
         self.statement_timeout: float | None = pooled.statement_timeout
+        self._begin_statement = pooling.begin_statement(self.server_pooling, self.statement_timeout)
         self._args, self._kwargs, self._setsession = pooled.args, pooled.kwargs, pooled.setsession
 
         self._lock = threading.Lock()
@@ -281,6 +282,7 @@ class PooledPg(HandOff, Upkeep):
         )
         if self._budget is not None:
             conn.close_wait = _BACKEND_EXIT_WAIT
+        conn.begin_statement = self._begin_statement
         return conn
 
     def _new_slot(self) -> Slot:

@@ -23,10 +23,8 @@ import functools
 import logging
 import os
 import select
-import socket
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,21 +36,21 @@ from .connect_args import (
     check_connect_args,
     check_retry,
     normalize_setsession,
-    required_role,
     secrets_of,
     with_network_defaults,
 )
+from .connector import open_db
 from .conninfo import redact
 from .errors import (
-    AuthenticationError,
     ConnectionLostError,
     InvalidConnectionError,
     ServerUnavailableError,
 )
-from .failures import cause, ended_by_server, ending_statement, is_auth_failure, lost_error
-from .logs import RateLimit
+from .failures import cause, ended_by_server, ending_statement, lost_error
 from .policies import ResetPolicy
+from .roles import required_role, server_has_role
 from .stats import Counter
+from .wire import ask, cut_off, ended_on_server, wait_for_eof
 
 __all__ = ["SetSession", "SteadyPgConnection"]
 
@@ -62,14 +60,6 @@ _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 _log = logging.getLogger("pgregistry.connection")
 
 _READ_ONLY_SQL_TRANSACTION = "25006"
-
-# A failing connect is logged at most this often per logger (pool), in seconds.
-_CONNECT_LOG_INTERVAL = 10.0
-_CONNECT_FAILURES: dict[str, RateLimit] = {}
-
-# Reconnect backoff: first pause and cap, in seconds.
-_BACKOFF_START = 0.02
-_BACKOFF_CAP = 0.25
 
 # Every live steady connection, so that a forked child can cut itself off from the parent's
 # sockets (see _after_fork_in_child).
@@ -144,6 +134,9 @@ class SteadyPgConnection(_DBAPI):
         self._dead = False  # found dead before sending; reopen before the next call
         # The old connection was let go but its replacement failed to open: reopen at next use.
         self._reopen_pending = False
+        #: SQL run right after ``BEGIN`` in :meth:`begin` (pools behind a transaction pooler
+        #: set ``SET LOCAL statement_timeout = ...``; see pgregistry.pooling), or None.
+        self.begin_statement: str | None = None
         #: Seconds a close waits for the server to end the backend (pools under a server
         #: budget set it, so a place is never counted twice on the server); 0: no wait.
         self.close_wait = 0.0
@@ -160,69 +153,6 @@ class SteadyPgConnection(_DBAPI):
             _LIVE.add(self)
 
     # -- opening ------------------------------------------------------------------------------
-
-    def _connect_raw(self) -> pg.DB:
-        """Open a pg.DB, retrying within ``reconnect_timeout``; raise ServerUnavailableError.
-
-        Each failed attempt is said once: the first of a series at WARNING with the backoff
-        state (at most once per 10 s per pool, with the count of those not said) and, if it
-        was said, the giving up; the retries at DEBUG; connecting after failures at INFO.
-        """
-        started = time.monotonic()
-        deadline = started + self._reconnect_timeout
-        pause = _BACKOFF_START
-        attempt = 0
-        announced = False
-        while True:
-            attempt += 1
-            try:
-                db = pg.DB(*self._args, **self._kwargs)
-            except pg.Error as exc:
-                message = redact(str(exc).strip(), self._secrets)
-            else:
-                if attempt > 1:
-                    self.logger.info(
-                        "connected after %d attempts in %.2f s", attempt, time.monotonic() - started
-                    )
-                return db
-            if is_auth_failure(message):
-                # Waiting does not fix a wrong password or a missing role: fail at once.
-                self.logger.warning("login refused, not retried: %s", message)
-                raise AuthenticationError(message) from None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if attempt == 1:
-                    self._say_connect_failure("not retried (reconnect_timeout is 0)", message)
-                elif announced:  # the series was said: so is its end
-                    self.logger.warning(
-                        "gave up connecting after %d attempts in %.2f s (reconnect_timeout): %s",
-                        attempt,
-                        time.monotonic() - started,
-                        message,
-                    )
-                # Raised outside the except block so that not even __context__ keeps libpq's
-                # raw message: it may echo a malformed conninfo, password included.
-                raise ServerUnavailableError(message) from None
-            if attempt == 1:
-                announced = self._say_connect_failure(
-                    f"retrying for up to {remaining:.1f} s, pauses {pause:.2f} s growing to "
-                    f"{_BACKOFF_CAP:.2f} s",
-                    message,
-                )
-            else:
-                self.logger.debug("connect attempt %d failed, next in %.2f s", attempt, pause)
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 1.5, _BACKOFF_CAP)
-
-    def _say_connect_failure(self, what: str, message: str) -> bool:
-        """Log a failed connect unless one was said for this logger lately; True if said."""
-        limit = _CONNECT_FAILURES.setdefault(self.logger.name, RateLimit(_CONNECT_LOG_INTERVAL))
-        count = limit.hit()
-        if count:
-            self.logger.warning(
-                "could not connect (%d failure(s) since last said), %s: %s", count, what, message
-            )
-        return bool(count)
 
     def replay_session(self) -> None:
         """Run ``setsession`` again on the current connection (after ``DISCARD ALL``)."""
@@ -253,7 +183,13 @@ class SteadyPgConnection(_DBAPI):
             self._db, self._cnx, self._poller = None, None, None
             self._reopen_pending = True
             self._let_go(old)
-        db = self._connect_raw()
+        db = open_db(
+            self._args,
+            self._kwargs,
+            secrets=self._secrets,
+            reconnect_timeout=self._reconnect_timeout,
+            logger=self.logger,
+        )
         self._prepare_session(db)
         self._db, self._cnx = db, db.db
         self._reopen_pending = False
@@ -281,7 +217,7 @@ class SteadyPgConnection(_DBAPI):
             _close_quietly(db)
         finally:
             if fd >= 0:
-                _wait_for_eof(fd, self.close_wait)
+                wait_for_eof(fd, self.close_wait)
 
     def _event(self, event: Counter) -> None:
         listener = self.listener
@@ -426,30 +362,9 @@ class SteadyPgConnection(_DBAPI):
             pass  # best effort: reading the result will report any real problem
 
     def role_ok(self) -> bool:
-        """True unless the server now reports a role the target does not accept.
-
-        No round trip: PostgreSQL 14 and later push ``in_hot_standby`` and
-        ``default_transaction_read_only`` to the client when they change (seen on the next
-        reply after a promotion or a fence). Older servers report neither: True.
-        """
-        role, cnx = self.role, self._cnx
-        if role is None or cnx is None:
-            return True
-        try:
-            hot_standby: str | None = cnx.parameter("in_hot_standby")
-            if hot_standby is None:
-                return True
-            standby = hot_standby == "on"
-            read_only = standby or cnx.parameter("default_transaction_read_only") == "on"
-        except Exception:
-            return True  # a closed or broken connection is found by the other checks
-        if role == "read-write":
-            return not read_only
-        if role == "primary":
-            return not standby
-        if role == "read-only":
-            return read_only
-        return standby  # "standby"
+        """True unless the server now reports a role the target does not accept (no round
+        trip; see :func:`pgregistry.roles.server_has_role`)."""
+        return self.role is None or server_has_role(self._cnx, self.role)
 
     def is_lost(self) -> bool:
         """True when libpq reports the connection broken (no round trip is made)."""
@@ -471,14 +386,10 @@ class SteadyPgConnection(_DBAPI):
         """Run ``sql`` (a pool's own statement), waiting at most :attr:`probe_timeout` for it.
 
         A server that stops answering with the connection still open (a frozen process, a
-        stalled network path the kernel still acknowledges) would hold a plain query forever.
-        Sent without waiting, the reply is awaited on the socket with a deadline; past it the
-        connection is taken for lost, let go, and reopened at its next use.
+        stalled network path the kernel still acknowledges) would hold a plain query forever;
+        past the deadline the connection is taken for lost, let go, and reopened at next use.
         """
-        cnx = self._cnx
-        poller = self._poller
-        query = cnx.send_query(sql)
-        if not poller.poll(self.probe_timeout * 1000):
+        if not ask(self._cnx, self._poller, sql, self.probe_timeout):
             old, self._db, self._cnx, self._poller = self._db, None, None, None
             self._reopen_pending = self._dead = True
             if old is not None:
@@ -488,17 +399,6 @@ class SteadyPgConnection(_DBAPI):
                 f"no answer from the server within {self.probe_timeout:g} s (connect_timeout) "
                 f"to {sql.split()[0]}; the connection is closed"
             )
-        error: Exception | None = None
-        while True:
-            try:
-                if query.getresult() is None:
-                    break
-            except Exception as exc:  # keep reading to the end of the reply, then raise
-                if error is not None or not cnx.status:
-                    raise
-                error = exc
-        if error is not None:
-            raise error
 
     def __del__(self) -> None:
         try:
@@ -537,7 +437,7 @@ class SteadyPgConnection(_DBAPI):
             if self._usage >= self._maxusage:
                 self._open_new()
                 db = self._live_db()
-            elif self._dead or (self._poller.poll(0) and self._dead_before_sending()):
+            elif self._dead or (self._poller.poll(0) and ended_on_server(self._cnx)):
                 # Found dead before anything was sent (a restart or a killed backend while
                 # the connection sat idle): reopening and sending there runs it once.
                 if not self._dead:
@@ -556,35 +456,6 @@ class SteadyPgConnection(_DBAPI):
             return self._recover(exc, state, func, args, kwargs)
         self._usage += 1
         return result
-
-    def _dead_before_sending(self) -> bool:
-        """The idle connection has something to read: is it the end (EOF or a FATAL error)?
-
-        An idle connection receives nothing but notices, notifications and parameter
-        changes, unless the server is ending it: then a FATAL ErrorResponse ('E') and
-        end-of-file arrive. A peek (nothing is consumed) tells which, without a round trip.
-        """
-        cnx = self._cnx
-        try:
-            peer = socket.socket(fileno=cnx.socket)
-        except (OSError, TypeError, ValueError):
-            return cnx is None or not cnx.status
-        try:
-            first = peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            peer.detach()  # the descriptor stays libpq's
-        if first not in (b"", b"E"):
-            return False  # a notice, notification or parameter change: the connection lives
-        # Let libpq read the end itself, so it marks the connection bad: later calls and
-        # is_lost() see the loss, and it is counted once. Nothing but the FATAL error and the
-        # end-of-file is pending, so no notification is consumed here.
-        with contextlib.suppress(Exception):
-            cnx.getnotify()
-        return True
 
     def _recover(
         self,
@@ -707,6 +578,10 @@ class SteadyPgConnection(_DBAPI):
         """Begin a transaction; until it ends, nothing is reopened and errors pass through."""
         result = self._run(pg.DB.begin, (mode,), {})
         self._transaction = True
+        statement = self.begin_statement
+        if statement is not None:
+            # Transaction-scoped settings behind a transaction pooler (SET LOCAL ...).
+            self._live_db().query(statement)
         return result
 
     start = begin
@@ -772,24 +647,6 @@ _NATIVE_TYPES = frozenset(
 )
 
 
-def _wait_for_eof(fd: int, timeout: float) -> None:
-    """Read and drop what ``fd`` still receives until end-of-file or ``timeout``; close it."""
-    deadline = time.monotonic() + timeout
-    poller = select.poll()  # not select.select: that fails for descriptors above 1023
-    poller.register(fd, select.POLLIN)
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            if not poller.poll(remaining * 1000) or not os.read(fd, 65536):
-                return
-    except OSError:
-        return
-    finally:
-        os.close(fd)
-
-
 def _close_quietly(db: pg.DB) -> None:
     with contextlib.suppress(Exception):
         db.close()
@@ -841,39 +698,15 @@ _install_wrappers()
 
 
 def _after_fork_in_child() -> None:
-    """Cut every inherited connection off from the parent's socket.
-
-    The child must never write to a socket it shares with the parent: even closing it would
-    send the server a Terminate message and end the parent's session. The socket's file
-    descriptor is pointed at a socket whose peer is closed instead, so whatever the child does
-    with the old connection (use it, close it, collect it) stays in the child; a later call
-    finds the connection lost (writes fail, reads see end-of-file, and libpq marks the
-    connection bad, as after a killed backend) and reopens it, outside a transaction, on a
-    socket of its own. (/dev/null would not do: a read from it fails without libpq marking the
-    connection bad, so every later call would fail.)
-    """
+    """Cut every inherited connection off from the parent's socket (see
+    :func:`pgregistry.wire.cut_off`); a later call finds it lost and reopens it."""
     global _LIVE_LOCK
     _LIVE_LOCK = threading.Lock()
-    try:
-        dead, peer = socket.socketpair()
-    except OSError:
-        return
-    peer.close()
-    dead_fd = dead.fileno()
-    try:
-        for conn in list(_LIVE):
-            cnx = conn._cnx
-            if cnx is None or conn._pid == os.getpid():
-                continue
-            try:
-                fd = cnx.socket
-                if isinstance(fd, int) and fd >= 0:
-                    os.dup2(dead_fd, fd)
-            except Exception:
-                pass
-            conn._pid = os.getpid()
-    finally:
-        dead.close()
+    pid = os.getpid()
+    inherited = [conn for conn in list(_LIVE) if conn._cnx is not None and conn._pid != pid]
+    cut_off([conn._cnx for conn in inherited])
+    for conn in inherited:
+        conn._pid = pid
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -77,11 +77,6 @@ def test_transaction_pooling_sends_no_startup_option_and_set_local_applies(
             assert show_timeout(a) == show_timeout(b) == "0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="steady.begin() must run pooling.begin_statement() (wired by the lead, issue 15); "
-    "remove this mark when it does",
-)
 def test_begin_applies_the_statement_timeout_under_transaction_pooling(
     healthy_cluster: TemporaryCluster, pgbouncer: MakeBouncer
 ) -> None:

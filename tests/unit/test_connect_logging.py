@@ -56,9 +56,9 @@ def test_a_failing_checkout_says_its_first_attempt_and_giving_up_once(
 def test_the_count_of_unsaid_failures_is_reported_when_said_again(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pgregistry import steady
+    from pgregistry import connector
 
-    monkeypatch.setattr(steady, "_CONNECT_LOG_INTERVAL", 0.0)  # say every failure
+    monkeypatch.setattr(connector, "LOG_INTERVAL", 0.0)  # say every failure
     caplog.set_level(logging.WARNING, logger="pgregistry")
     port = closed_port()
     pool = PooledPg(0, host="127.0.0.1", port=port, name=f"down{port}")
