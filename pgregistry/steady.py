@@ -553,6 +553,8 @@ class SteadyPgConnection(_DBAPI):
         return result
 
     def _reopen_after_loss(self) -> None:
+        # Marked dead first: if the open fails, the next use reopens and counts it as a reopen.
+        self._dead = True
         self._open_new()
         self.logger.warning("connection lost; reopened")
         self._event(Counter.REOPENED)

@@ -6,6 +6,7 @@ Every test stops the session's throwaway cluster and leaves it running again at 
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -335,3 +336,32 @@ def test_a_replacement_that_fails_to_open_is_opened_at_the_next_use(
         assert steady.query("SELECT 3").getresult() == [(3,)]
     finally:
         steady.close()
+
+
+def test_a_reopen_that_failed_is_counted_when_it_succeeds_later(
+    healthy_cluster: TemporaryCluster, make_pool: Callable[..., PooledPg]
+) -> None:
+    # A statement the server ended while running (a fast shutdown) is retried after a reopen;
+    # with the server gone the reopen fails. The next call reopens: it must count as reopened.
+    pool = make_pool(1, 1, 1, True)
+    db = pool.connection()
+    failed: list[BaseException] = []
+
+    def sleep() -> None:
+        try:
+            db.query("SELECT pg_sleep(10)")
+        except BaseException as exc:
+            failed.append(exc)
+
+    call = threading.Thread(target=sleep, daemon=True)
+    call.start()
+    time.sleep(0.3)  # the statement is running
+    healthy_cluster.stop("fast")
+    call.join(30)
+    assert not call.is_alive() and len(failed) == 1
+    assert isinstance(failed[0], ServerUnavailableError), failed
+    healthy_cluster.start()
+    assert db.query("SELECT 1").getresult() == [(1,)]
+    db.close()
+    stats = pool.stats()
+    assert (stats["lost"], stats["reopened"]) == (1, 1), stats
