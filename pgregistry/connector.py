@@ -11,8 +11,8 @@ from typing import Any
 import pg
 
 from .conninfo import redact
-from .errors import AuthenticationError, ServerUnavailableError
-from .failures import is_auth_failure
+from .errors import AuthenticationError, ServerFullError, ServerUnavailableError
+from .failures import is_auth_failure, is_server_full
 from .logs import RateLimit
 
 __all__ = ["open_db"]
@@ -66,6 +66,9 @@ def open_db(
             raise AuthenticationError(message) from None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            if is_server_full(message):
+                # A limit of the server, not an outage: a pool waits it out and says so.
+                raise ServerFullError(message) from None
             if attempt == 1:
                 _say_failure(logger, "not retried (reconnect_timeout is 0)", message)
             elif announced:  # the series was said: so is its end

@@ -80,6 +80,12 @@ class AuthenticationError(ServerUnavailableError):
     """The server refused the login (password, role, database, pg_hba.conf); never retried."""
 
 
+class ServerFullError(ServerUnavailableError):
+    """The server refused the connection because a limit is reached (SQLSTATE 53300: "too many
+    connections for role", "sorry, too many clients already"). A pool waits out such a refusal
+    within its ``timeout`` (backpressure) before it raises this."""
+
+
 class ConnectionLostError(pg.OperationalError, PgRegistryError):
     """The connection to the server was lost where it could not be reopened transparently."""
 

@@ -15,7 +15,14 @@ import pg
 
 from .errors import ConnectionLostError
 
-__all__ = ["cause", "ended_by_server", "ending_statement", "is_auth_failure", "lost_error"]
+__all__ = [
+    "cause",
+    "ended_by_server",
+    "ending_statement",
+    "is_auth_failure",
+    "is_server_full",
+    "lost_error",
+]
 
 # Statements that end a transaction when sent as raw SQL through query().
 _ENDS_TRANSACTION = re.compile(r"\s*(commit|end|rollback|abort)\b(?!\s+to\b)", re.IGNORECASE)
@@ -30,6 +37,20 @@ _AUTH_FAILURE = re.compile(
     r"|is not permitted to log in|SCRAM authentication requires",
     re.IGNORECASE,
 )
+
+
+# libpq's words for a server at a connection limit (SQLSTATE 53300, which connect errors do not
+# carry): max_connections, a role's or a database's CONNECTION LIMIT, reserved slots.
+_SERVER_FULL = re.compile(
+    r"too many connections for (role|database)|sorry, too many clients already"
+    r"|remaining connection slots are reserved|too many connections",
+    re.IGNORECASE,
+)
+
+
+def is_server_full(message: str) -> bool:
+    """True when libpq's connect error says a connection limit of the server is reached."""
+    return bool(_SERVER_FULL.search(message))
 
 
 def is_auth_failure(message: str) -> bool:

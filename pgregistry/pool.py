@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import sys
 import threading
 import time
@@ -40,27 +39,20 @@ from .connect_args import (
 )
 from .errors import (
     PoolClosedError,
-    PoolTimeoutError,
-    ServerUnavailableError,
     TooManyConnectionsError,
 )
-from .handoff import CLOSED, LIMIT_LOG_INTERVAL, OPEN, PLACE, HandOff, Waiter
+from .handoff import CLOSED, LIMIT_LOG_INTERVAL, OPEN, PLACE, Waiter
 from .logs import LogFields, RateLimit
 from .maintenance import Maintenance, Task
+from .opening import Opening
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
 from .proxy import PooledPgConnection, Slot
 from .roles import required_role
 from .stats import COUNTERS, Counter, PoolObserver, PoolStats
-from .steady import SteadyPgConnection
 from .upkeep import Upkeep
 
 __all__ = ["PoolStats", "PooledPg", "PooledPgConnection"]
 
-# Lifetimes are shortened by up to this fraction, at random, so that connections opened
-# together do not all expire together.
-_LIFETIME_JITTER = 0.1
-# Under a server budget, how long a close waits for the server to end the backend, in seconds.
-_BACKEND_EXIT_WAIT = 1.0
 # Bounds for how often the maintenance task runs, in seconds.
 _UPKEEP_MIN, _UPKEEP_MAX = 0.01, 15.0
 # How often a waiter looks for connections held by results that have been released, in s.
@@ -78,7 +70,7 @@ _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
 _OWN_FILES = frozenset({__file__, leak.__file__, handoff.__file__})
 
 
-class PooledPg(HandOff, Upkeep):
+class PooledPg(Opening, Upkeep):
     """A pool of steady, cached PyGreSQL ``pg.DB`` connections.
 
     ``PooledPg(mincached=0, maxcached=0, maxconnections=0, blocking=False, maxusage=None,
@@ -176,8 +168,8 @@ class PooledPg(HandOff, Upkeep):
         self._reset = parse_reset(reset)
         self._ping = parse_ping(ping)
         self._timeout = check_seconds("timeout", timeout, allow_none=True)
-        self._reconnect_timeout = check_seconds(
-            "reconnect_timeout", reconnect_timeout, allow_none=False
+        self._reconnect_timeout = (
+            check_seconds("reconnect_timeout", reconnect_timeout, allow_none=False) or 0.0
         )
         self._max_lifetime = check_seconds("max_lifetime", max_lifetime, allow_none=True) or None
         self._max_idle = check_seconds("max_idle", max_idle, allow_none=True)
@@ -242,6 +234,7 @@ class PooledPg(HandOff, Upkeep):
         self._limit_logged_at = -LIMIT_LOG_INTERVAL
         self._observer: PoolObserver | None = None
         self._refill_failures = RateLimit(LIMIT_LOG_INTERVAL)
+        self._server_full_said = RateLimit(LIMIT_LOG_INTERVAL)
         #: Whether a server-side pooler was found in the way at the first open (None: not
         #: known yet). See _detect_pooler.
         self.pooler_detected: bool | None = None
@@ -265,73 +258,6 @@ class PooledPg(HandOff, Upkeep):
             maxconnections,
             self._reset.value,
         )
-
-    # -- opening connections ------------------------------------------------------------------
-
-    def steady_connection(self) -> SteadyPgConnection:
-        """A new steady connection with this pool's settings, not pooled."""
-        conn = SteadyPgConnection(
-            self._maxusage,
-            self._setsession,
-            True,
-            *self._args,
-            retry_after_reopen=self._retry,
-            reconnect_timeout=self._reconnect_timeout,
-            logger=self.logger,
-            **self._kwargs,
-        )
-        if self._budget is not None:
-            conn.close_wait = _BACKEND_EXIT_WAIT
-        conn.begin_statement = self._begin_statement
-        return conn
-
-    def _new_slot(self) -> Slot:
-        """Open a pooled connection (I/O; never called under the lock)."""
-        started = _perf()
-        conn = self.steady_connection()
-        conn.listener = self._on_event
-        observer = self._observer
-        if observer is not None:
-            self._notify(observer.on_connect, _perf() - started)
-        lifetime = self._max_lifetime
-        expires = (
-            time.monotonic() + lifetime * (1.0 - _LIFETIME_JITTER * random.random())
-            if lifetime
-            else float("inf")
-        )
-        if self.pooler_detected is None:
-            self._detect_pooler(conn)
-        with self._lock:
-            self._counts[Counter.OPENED] += 1
-            generation = self._generation
-            restart, self._restart_upkeep = self._restart_upkeep, False
-        if restart and self._maintenance is not None:
-            self._maintenance.ensure_running()
-        return Slot(conn, expires, generation)
-
-    def _detect_pooler(self, conn: SteadyPgConnection) -> None:
-        """At the first open: is a server-side pooler (PgBouncer, ...) between us and the server?
-
-        libpq's backend pid is the pooler's own; the server's ``pg_backend_pid()`` differs
-        behind one. One round trip, once per pool. Said once, at INFO, with what it means.
-        """
-        try:
-            raw: Any = conn.db  # the libpq connection: this use must not count for maxusage
-            server_pid = raw.query("SELECT pg_backend_pid()").getresult()[0][0]
-            pooled = server_pid != raw.backend_pid
-        except Exception:
-            return  # not worth failing an open for; the next open asks again
-        self.pooler_detected = pooled
-        if pooled:
-            self.logger.info(
-                "pool %r: a connection pooler such as PgBouncer is in the way (backend pid %s"
-                " at connect, %s on the server); under transaction pooling, session state "
-                "(SET, LISTEN, temporary tables, prepared statements, advisory locks) does not "
-                "stay with a connection between transactions",
-                self.name,
-                raw.backend_pid,
-                server_pid,
-            )
 
     def _on_event(self, event: Counter) -> None:
         with self._lock:
@@ -360,50 +286,6 @@ class PooledPg(HandOff, Upkeep):
     def _observer_failed(self) -> None:
         self._observer = None
         self.logger.exception("pool %r: observer failed; it is dropped", self.name)
-
-    def _fill(self, target: int, *, raise_errors: bool) -> None:
-        """Open connections until ``target`` are open (``mincached``); I/O outside the lock."""
-        with self._lock:
-            missing = 0 if self._closed else max(0, target - self._size)
-            if self._maxconnections:
-                missing = min(missing, self._maxconnections - self._size)
-            self._size += missing
-            self._opening += missing
-        opened: list[Slot] = []
-        error: ServerUnavailableError | PoolTimeoutError | None = None
-        budgeted = 0
-        for _ in range(missing):
-            try:
-                if self._budget is not None:
-                    # Refills take only free units; opening at start may wait like a checkout.
-                    self._budget.acquire(
-                        self, self._timeout if raise_errors else 0.0, steal=raise_errors
-                    )
-                budgeted += 1
-                opened.append(self._new_slot())
-            except (ServerUnavailableError, PoolTimeoutError) as exc:
-                error = exc
-                break
-        with self._lock:
-            self._opening -= len(opened)
-        for _ in range(budgeted - len(opened)):
-            self._release_place()
-        if missing > budgeted:
-            self._unreserve(missing - budgeted)
-        for slot in opened:
-            self._checkin(slot, fresh=True)
-        if error is not None:
-            if raise_errors:
-                self.close()
-                raise error
-            failures = self._refill_failures.hit()
-            if failures:  # a server that stays down would say this every second
-                self.logger.warning(
-                    "pool %r: could not refill to mincached (%d time(s) since last said): %s",
-                    self.name,
-                    failures,
-                    error,
-                )
 
     # -- checkout -----------------------------------------------------------------------------
 
@@ -551,28 +433,6 @@ class PooledPg(HandOff, Upkeep):
         slot.since = _monotonic()
         if self._leak_threshold:
             self._track(slot)
-        return slot
-
-    def _open_for_checkout(self, *, count: bool = False) -> Slot:
-        """Open a connection in a place already counted in ``_size`` and ``_opening``."""
-        try:
-            slot = self._new_slot()
-        except BaseException:
-            self._release_place()
-            raise
-        with self._lock:
-            self._opening -= 1
-            self._checkouts += count
-            if (
-                self._waiters
-                and not self._closed
-                and not self._opening
-                and (not self._maxconnections or self._size < self._maxconnections)
-            ):
-                # Callers are still waiting: the oldest opens the next connection.
-                self._size += 1
-                self._opening += 1
-                self._hand_over(PLACE)
         return slot
 
     def _track(self, slot: Slot) -> None:

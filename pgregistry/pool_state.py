@@ -101,3 +101,13 @@ class PoolState:
 
     def _observer_failed(self) -> None:
         raise NotImplementedError
+
+    # A pool is a member of its server budget (pgregistry.budget.BudgetMember):
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def close_one_idle(self) -> bool:
+        raise NotImplementedError
+
+    def oldest_idle_since(self) -> float | None:
+        raise NotImplementedError

@@ -37,6 +37,7 @@ class Counter(enum.StrEnum):
     LEAKS = "leaks"
     STOLEN = "stolen"
     WRONG_ROLE = "wrong_role"
+    SERVER_FULL = "server_full"
 
 
 #: Every counter key, in the order stats() lists them (``checkouts`` is kept apart: it is on
@@ -93,6 +94,9 @@ class PoolStats(TypedDict):
     #: target asks for (``target_session_attrs``): a demoted or fenced primary, a promoted
     #: standby.
     wrong_role: int
+    #: Connections the server refused at a limit (SQLSTATE 53300: max_connections, a role's
+    #: CONNECTION LIMIT); the callers waited for room instead of failing.
+    server_full: int
 
 
 class BudgetStats(TypedDict):
