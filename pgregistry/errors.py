@@ -90,6 +90,12 @@ class ConnectionLostError(pg.OperationalError, PgRegistryError):
     """The connection to the server was lost where it could not be reopened transparently."""
 
 
+class PoolerUnsupportedError(pg.ProgrammingError, PgRegistryError):
+    """A PyGreSQL feature that cannot work behind a transaction pooler (``server_pooling =
+    "transaction"``): ``LISTEN``, ``delete_prepared()``, prepared statements PgBouncer does not
+    carry across server connections. The message names the feature and what to do instead."""
+
+
 for _cls in (
     PgRegistryError,
     PooledPgError,

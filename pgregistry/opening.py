@@ -40,6 +40,8 @@ class Opening(HandOff):
     _kwargs: dict[str, Any]
     _reconnect_timeout: float
     _begin_statement: str | None
+    _transaction_pooled: bool
+    _server_pooling_undeclared: bool
     _restart_upkeep: bool
     _refill_failures: RateLimit
     _server_full_said: RateLimit
@@ -64,6 +66,8 @@ class Opening(HandOff):
         if self._budget is not None:
             conn.close_wait = _BACKEND_EXIT_WAIT
         conn.begin_statement = self._begin_statement
+        if self._transaction_pooled:
+            conn.behind_transaction_pooler()
         return conn
 
     def _new_slot(self) -> Slot:
@@ -108,10 +112,14 @@ class Opening(HandOff):
                 "pool %r: a connection pooler such as PgBouncer is in the way (backend pid %s"
                 " at connect, %s on the server); under transaction pooling, session state "
                 "(SET, LISTEN, temporary tables, prepared statements, advisory locks) does not "
-                "stay with a connection between transactions",
+                "stay with a connection between transactions%s",
                 self.name,
                 raw.backend_pid,
                 server_pid,
+                "; declare it with server_pooling = \"transaction\" (or \"session\") so the "
+                "pool refuses what cannot work there"
+                if self._server_pooling_undeclared
+                else "",
             )
 
     def _fill(self, target: int, *, raise_errors: bool) -> None:

@@ -199,6 +199,8 @@ class PooledPg(Opening, Upkeep):
         )
         self.server_pooling: pooling.ServerPooling = pooled.server_pooling
         self.statement_timeout: float | None = pooled.statement_timeout
+        self._transaction_pooled = self.server_pooling == "transaction"
+        self._server_pooling_undeclared = self.server_pooling == "none"
         self._begin_statement = pooling.begin_statement(self.server_pooling, self.statement_timeout)
         self._args, self._kwargs, self._setsession = pooled.args, pooled.kwargs, pooled.setsession
 

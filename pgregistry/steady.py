@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import select
 import sys
 import threading
@@ -44,6 +45,7 @@ from .conninfo import redact
 from .errors import (
     ConnectionLostError,
     InvalidConnectionError,
+    PoolerUnsupportedError,
     ServerUnavailableError,
 )
 from .failures import cause, ended_by_server, ending_statement, lost_error
@@ -624,6 +626,41 @@ class SteadyPgConnection(_DBAPI):
         else:
             self.rollback()
 
+    # -- behind a transaction pooler -----------------------------------------------------------
+
+    def behind_transaction_pooler(self) -> None:
+        """Raise a clear :class:`PoolerUnsupportedError` for what breaks behind a transaction
+        pooler (pools with ``server_pooling = "transaction"`` call this), instead of a
+        confusing server error or a silent loss.
+
+        ``LISTEN``/``UNLISTEN`` and ``delete_prepared()`` (SQL ``DEALLOCATE``, which PgBouncer
+        does not track) are refused before anything is sent; a prepared statement the pooler
+        did not carry to this server connection (SQLSTATE 26000, PgBouncer before 1.21 or
+        without ``max_prepared_statements``) is reported as such. Only this connection's
+        methods change: other pools pay nothing.
+        """
+        query = self.query
+
+        def guarded_query(command: str, *args: Any) -> Any:
+            if isinstance(command, str) and _LISTENS.match(command):
+                raise PoolerUnsupportedError(
+                    f"{command.split()[0].upper()} behind a transaction pooler "
+                    '(server_pooling = "transaction"): notifications go to whichever server '
+                    "connection the pooler picks; use a direct pool for listeners"
+                )
+            return query(command, *args)
+
+        def refused_delete_prepared(name: str | None = None) -> Any:
+            raise PoolerUnsupportedError(
+                "delete_prepared() behind a transaction pooler: it sends SQL DEALLOCATE, which "
+                "PgBouncer does not track; let prepared statements end with the connection"
+            )
+
+        self.query = guarded_query  # type: ignore[method-assign]
+        self.delete_prepared = refused_delete_prepared  # type: ignore[method-assign]
+        for name in ("query_prepared", "describe_prepared"):
+            setattr(self, name, _carried_or_refused(getattr(self, name), name))
+
     # -- plain attributes ---------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
@@ -652,6 +689,30 @@ _NATIVE_TYPES = frozenset(
 def _close_quietly(db: pg.DB) -> None:
     with contextlib.suppress(Exception):
         db.close()
+
+
+# A LISTEN or UNLISTEN statement (see behind_transaction_pooler).
+_LISTENS = re.compile(r"\s*(listen|unlisten)\b", re.IGNORECASE)
+
+
+def _carried_or_refused(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``method`` with a prepared statement the transaction pooler lost reported clearly."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except pg.Error as exc:
+            if getattr(exc, "sqlstate", None) != "26000":
+                raise
+            raise PoolerUnsupportedError(
+                f"{name}(): the prepared statement is not on the server connection the "
+                "transaction pooler picked (PgBouncer before 1.21, or max_prepared_statements "
+                "= 0); use query() with parameters, or PgBouncer 1.21+ with "
+                "max_prepared_statements"
+            ) from exc
+
+    return call
 
 
 # Methods that never touch the server: forwarded without the reopen logic.

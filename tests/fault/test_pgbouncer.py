@@ -44,6 +44,7 @@ def test_a_pool_behind_pgbouncer_says_once_that_a_pooler_is_in_the_way(
         assert pool.pooler_detected is True
     said = [r for r in caplog.records if "connection pooler such as PgBouncer" in r.getMessage()]
     assert len(said) == 1 and "'bounced'" in said[0].getMessage()
+    assert 'declare it with server_pooling = "transaction"' in said[0].getMessage()
 
 
 def test_a_direct_pool_finds_no_pooler(healthy_cluster: TemporaryCluster) -> None:
