@@ -116,7 +116,7 @@ class Opening(HandOff):
                 self.name,
                 raw.backend_pid,
                 server_pid,
-                "; declare it with server_pooling = \"transaction\" (or \"session\") so the "
+                '; declare it with server_pooling = "transaction" (or "session") so the '
                 "pool refuses what cannot work there"
                 if self._server_pooling_undeclared
                 else "",

@@ -39,6 +39,7 @@ from .connect_args import (
 )
 from .errors import (
     PoolClosedError,
+    PoolTimeoutError,
     TooManyConnectionsError,
 )
 from .handoff import CLOSED, LIMIT_LOG_INTERVAL, OPEN, PLACE, Waiter
@@ -159,6 +160,10 @@ class PooledPg(Opening, Upkeep):
         **kwargs: Any,
     ) -> None:
         self._closed = True  # until fully built: __del__ and __repr__ of a refused pool
+        # Checkouts are held (see pause()); _halted is "closed or paused", for the fast path.
+        self._paused = False
+        self._halted = True
+        self._resumed = threading.Event()
         self.name: str = name if isinstance(name, str) and name else "?"
         mincached, maxcached, maxconnections = check_sizes(
             mincached, maxcached, maxconnections, maxusage
@@ -249,7 +254,7 @@ class PooledPg(Opening, Upkeep):
         if budget is not None:
             budget.join(self)
 
-        self._closed = False
+        self._closed = self._halted = False
         self._fill(mincached, raise_errors=True)
         self._start_upkeep()
         self.logger.info(
@@ -303,7 +308,7 @@ class PooledPg(Opening, Upkeep):
         observer = self._observer
         started = _perf() if observer is not None else 0.0
         with self._lock:
-            if self._idle and not self._closed:
+            if self._idle and not self._halted:
                 slot = self._idle.pop()
                 self._checkouts += 1
             else:
@@ -381,6 +386,15 @@ class PooledPg(Opening, Upkeep):
         with self._lock:
             if self._closed:
                 raise PoolClosedError(f"pool {self.name!r} is closed")
+            paused = self._paused
+            if self._idle and not paused:
+                return None
+        if paused:
+            self._wait_for_resume()
+            return None  # resumed: look again from the start
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError(f"pool {self.name!r} is closed")
             if self._idle:
                 return None
             below_limit = not self._maxconnections or self._size < self._maxconnections
@@ -454,6 +468,47 @@ class PooledPg(Opening, Upkeep):
             self._opening += 1
         return self._open_for_checkout()
 
+    # -- pause and resume ---------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Hold new checkouts (a planned switchover): they wait, up to ``timeout``, for
+        :meth:`resume` instead of failing. Connections already out are used and returned as
+        usual; waiters already queued are still served. Idempotent."""
+        with self._lock:
+            if self._closed or self._paused:
+                return
+            self._paused = self._halted = True
+            self._resumed.clear()
+        self.logger.info("pool %r paused: checkouts wait for resume()", self.name)
+
+    def resume(self) -> None:
+        """Let checkouts through again after :meth:`pause`; the waiting ones go on at once."""
+        with self._lock:
+            if not self._paused:
+                return
+            self._paused = False
+            self._halted = self._closed
+        self._resumed.set()
+        self.logger.info("pool %r resumed", self.name)
+
+    @property
+    def paused(self) -> bool:
+        """True between :meth:`pause` and :meth:`resume`."""
+        return self._paused
+
+    def _wait_for_resume(self) -> None:
+        started = _monotonic()
+        timeout = self._timeout
+        if not self._resumed.wait(timeout):
+            with self._lock:
+                self._counts[Counter.TIMEOUTS] += 1
+            raise PoolTimeoutError(
+                f"pool {self.name!r} is paused: no resume() within {_monotonic() - started:.1f}"
+                " s (timeout)"
+            )
+        if self._closed:
+            raise PoolClosedError(f"pool {self.name!r} was closed while paused")
+
     # -- closing and introspection ------------------------------------------------------------
 
     def close(self) -> None:
@@ -465,12 +520,13 @@ class PooledPg(Opening, Upkeep):
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            self._closed = self._halted = True
             idle, self._idle = list(self._idle), deque()
             self._size -= len(idle)
             waiters, self._waiters = list(self._waiters), deque()
             for waiter in waiters:
                 waiter.give(CLOSED)
+        self._resumed.set()  # paused callers wake and see the pool closed
         for slot in idle:
             self._close_slot(slot)
         self._freed(len(idle))
@@ -540,6 +596,9 @@ class PooledPg(Opening, Upkeep):
     def _after_fork_in_child(self) -> None:
         """Start empty in a forked child; the inherited connections belong to the parent."""
         self._lock = threading.Lock()
+        self._resumed = threading.Event()
+        if not self._paused:
+            self._resumed.set()
         self._generation += 1
         self._idle = deque()
         self._waiters = deque()

@@ -40,7 +40,9 @@ __all__ = [
     "connection",
     "default_registry",
     "get",
+    "pause",
     "reload",
+    "resume",
     "stats",
     "transaction",
 ]
@@ -113,6 +115,8 @@ class Registry:
         self._pools: dict[str | None, PooledPg] = {}
         self._lock = threading.Lock()  # guards _pools swaps, _build_locks, _settings
         self._build_locks: dict[str, threading.Lock] = {}
+        #: Pools paused by name: a pool built again (a reload) starts paused too.
+        self._paused: set[str] = set()
         # Tenant templates in use, by name; replaced, never mutated, like _pools.
         self._tenants: dict[str, TenantPools] = {}
         # Server budgets by server name; kept across reloads (they count open connections).
@@ -349,6 +353,8 @@ class Registry:
             if pool is None:
                 try:
                     pool = self._new_pool(settings, settings.pools[real])
+                    if real in self._paused:
+                        pool.pause()
                 except Exception as exc:
                     _log.warning(
                         "pool %r: build failed: %s: %s",
@@ -373,6 +379,26 @@ class Registry:
             # Look again outside the build lock, which is not reentrant.
             return self.get(name)
         return pool
+
+    # -- pause and resume ---------------------------------------------------------------------
+
+    def pause(self, name: str | None = None, tenant: str | None = None) -> None:
+        """Hold new checkouts of a pool (see :meth:`PooledPg.pause`), for a planned switchover.
+
+        A named pool stays paused when a reload builds it again, until :meth:`resume`.
+        """
+        pool = self.get(name, tenant)
+        if tenant is None:
+            with self._lock:
+                self._paused.add(self._resolve(name, self.settings))
+        pool.pause()
+
+    def resume(self, name: str | None = None, tenant: str | None = None) -> None:
+        """Let a paused pool's checkouts through again (see :meth:`PooledPg.resume`)."""
+        if tenant is None:
+            with self._lock:
+                self._paused.discard(self._resolve(name, self.settings))
+        self.get(name, tenant).resume()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -552,6 +578,16 @@ def reload(settings: Settings | None = None) -> ReloadResult:
 def close() -> None:
     """:meth:`Registry.close` on the process-wide :data:`default_registry`."""
     default_registry.close()
+
+
+def pause(name: str | None = None, tenant: str | None = None) -> None:
+    """:meth:`Registry.pause` on the process-wide :data:`default_registry`."""
+    default_registry.pause(name, tenant)
+
+
+def resume(name: str | None = None, tenant: str | None = None) -> None:
+    """:meth:`Registry.resume` on the process-wide :data:`default_registry`."""
+    default_registry.resume(name, tenant)
 
 
 def __getattr__(attr: str) -> Any:

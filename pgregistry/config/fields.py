@@ -122,7 +122,24 @@ def _statements(value: object) -> object:
 _DIGITS = re.compile(r"[0-9]+")
 
 
+def _host_list(value: object) -> object:
+    """A host given as a TOML list (several hosts, tried in order by libpq) as libpq's comma
+    list; each entry a non-empty string without a comma."""
+    if not isinstance(value, list | tuple):
+        return value
+    if not value or not all(isinstance(h, str) and h.strip() and "," not in h for h in value):
+        raise _fail("host", "a list of hosts must hold non-empty names without commas")
+    return ",".join(h.strip() for h in value)
+
+
 def _port(value: object) -> object:
+    if isinstance(value, list | tuple):
+        if not value or not all(
+            isinstance(p, int | str) and not isinstance(p, bool) for p in value
+        ):
+            raise _fail("port", "a list of ports must hold port numbers 1-65535, one per host")
+        ports = [_port(p) for p in value]
+        return ",".join(str(p) for p in ports) if len(ports) > 1 else ports[0]
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
         return value
     if isinstance(value, str):
@@ -172,6 +189,7 @@ _StatementTimeout = Annotated[
 _ServerPooling = Literal["none", "session", "transaction"]
 _OptionalCount = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_none_word)]
 _Text = Annotated[str, AfterValidator(_no_nul)]
+_Hosts = Annotated[str, BeforeValidator(_host_list), AfterValidator(_no_nul)]
 _Secret = Annotated[SecretStr, AfterValidator(_secret_no_nul)]
 _Statement = Annotated[str, StringConstraints(min_length=1)]
 

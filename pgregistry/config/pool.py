@@ -37,6 +37,7 @@ from .fields import (
     _doc,
     _fail,
     _Frozen,
+    _Hosts,
     _Mode3,
     _no_nul,
     _not_conninfo,
@@ -112,7 +113,10 @@ class PoolSettings(_Frozen):
     statement_timeout: _StatementTimeout = _option("statement_timeout")
 
     # connection target
-    host: _Text | None = _doc("Host name, IP address or socket directory (comma list: several).")
+    host: _Hosts | None = _doc(
+        "Host name, IP address or socket directory; several (a comma list or a TOML list) are "
+        "tried in order (see target_session_attrs)."
+    )
     hostaddr: _Text | None = _doc("IP address, to skip the host name lookup.")
     port: Annotated[int | str | None, BeforeValidator(_port)] = _doc("Port number.")
     dbname: Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_conninfo)] | None = _doc(
@@ -215,6 +219,12 @@ class PoolSettings(_Frozen):
 
     def _combination_problems(self, layer: str | None = None) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
+        hosts = len(self.host.split(",")) if self.host else 1
+        ports = len(str(self.port).split(",")) if self.port is not None else 1
+        if ports > 1 and ports != hosts:
+            problems.append(
+                ("port", f"{ports} ports for {hosts} host(s): give one port, or one per host")
+            )
         if self.conninfo is not None:
             mixed = [key for key in _EXCLUSIVE_TARGET if getattr(self, key) is not None]
             if mixed:

@@ -15,7 +15,8 @@ from typing import Any
 import pg
 import pytest
 
-from pgregistry import PooledPg
+from pgregistry import PooledPg, Registry
+from pgregistry.config import settings_from_mapping
 from pgregistry.testing import TemporaryCluster, TemporaryStandby, multihost_conninfo
 
 pytestmark = pytest.mark.slow
@@ -179,3 +180,37 @@ def test_a_read_only_error_outside_a_transaction_runs_once_on_the_writer(
         db.close()
     rows: list[Any] = primary.execute("SELECT seq FROM writes WHERE thread = 98 ORDER BY seq")
     assert rows == [(0,), (1,), (2,)]  # each ran once
+
+
+def test_a_configured_pool_with_host_and_port_lists_follows_the_promotion(
+    primary_and_standby: tuple[TemporaryCluster, TemporaryStandby],
+) -> None:
+    primary, standby = primary_and_standby
+    primary.execute("CREATE TABLE writes (thread int, seq int, PRIMARY KEY (thread, seq))")
+    standby.wait_caught_up()
+    app = {
+        "host": [primary.host, standby.host],
+        "port": [primary.port, standby.port],
+        "dbname": primary.dbname,
+        "user": primary.user,
+        "target_session_attrs": "read-write",
+        "connect_timeout": 2,
+        "reconnect_timeout": 20,
+    }
+    reg = Registry(settings_from_mapping({"pools": {"app": app}}))
+    try:
+        with reg.connection("app") as db:
+            assert db.port == primary.port
+            db.query("INSERT INTO writes VALUES (1, 1)")
+        primary.fence()
+        standby.wait_caught_up()
+        standby.promote()
+        for seq in range(2, 5):  # on the promoted standby, each once
+            with reg.connection("app") as db:
+                db.query("INSERT INTO writes VALUES (1, $1)", (seq,))
+        with reg.connection("app") as db:
+            assert db.port == standby.port
+    finally:
+        reg.close()
+    rows = standby.execute("SELECT seq FROM writes ORDER BY seq")
+    assert rows == [(1,), (2,), (3,), (4,)]

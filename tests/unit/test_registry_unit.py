@@ -290,7 +290,9 @@ def test_registry_name_is_the_module_and_the_instance_is_default_registry() -> N
     assert module.default_registry is pgregistry.default_registry
 
 
-@pytest.mark.parametrize("func", ["get", "connection", "transaction", "stats", "reload", "close"])
+@pytest.mark.parametrize(
+    "func", ["get", "connection", "transaction", "stats", "reload", "close", "pause", "resume"]
+)
 def test_module_functions_take_the_registry_methods_arguments(func: str) -> None:
     import inspect as _inspect
 
