@@ -291,7 +291,10 @@ def _ping_one(pool: PoolSettings, label: str | None = None) -> dict[str, Any]:
             (),
             {"dbname": kwargs["dbname"]},
         )
-        conn = SteadyPgConnection(None, pooled.setsession or None, True, **pooled.kwargs)
+        connect = dict(pooled.kwargs)
+        if "passwd" in kwargs:  # a password_file, read now as the pool would
+            connect["passwd"] = kwargs["passwd"]
+        conn = SteadyPgConnection(None, pooled.setsession or None, True, **connect)
         try:
             rounds = []
             for _ in range(_PING_ROUNDS):

@@ -17,10 +17,12 @@ from .conninfo import ConninfoError, build_conninfo, is_conninfo, parse_conninfo
 __all__ = [
     "CONNECT_PARAMETERS",
     "NETWORK_DEFAULTS",
+    "PasswordFile",
     "SetSession",
     "check_connect_args",
     "check_retry",
     "normalize_setsession",
+    "resolve_password",
     "secrets_of",
     "with_network_defaults",
 ]
@@ -185,3 +187,56 @@ def _timeout_of(params: dict[str, str]) -> float:
     except ValueError:
         seconds = 0.0
     return seconds if seconds > 0 else float(NETWORK_DEFAULTS["connect_timeout"])
+
+
+class PasswordFile:
+    """A password read afresh from ``path`` for every new connection (credential rotation).
+
+    Pass it, or any callable returning the password, as ``passwd``: a rotated secret file is
+    used by the next connection opened, with no reload, while connections opened with the old
+    password keep working until their lifetime ends. Surrounding white space and the final
+    newline are stripped. Its repr shows the path, never the password.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def __call__(self) -> str:
+        with open(self.path, encoding="utf-8") as file:
+            return file.read().strip()
+
+    def __repr__(self) -> str:
+        return f"PasswordFile({self.path!r})"
+
+
+def resolve_password(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], str | None]:
+    """The ``pg.DB`` arguments with a callable ``passwd`` replaced by what it returns now, and
+    that password (None when the password is not a callable).
+
+    Raises ValueError naming ``passwd`` (never the password) when the callable fails or does
+    not return a string.
+    """
+    if len(args) >= 6 and callable(args[5]):
+        password = _call_password(args[5])
+        return (*args[:5], password, *args[6:]), kwargs, password
+    source = kwargs.get("passwd")
+    if callable(source):
+        password = _call_password(source)
+        return args, {**kwargs, "passwd": password}, password
+    return args, kwargs, None
+
+
+def _call_password(source: Any) -> str:
+    try:
+        password = source()
+    except Exception as exc:
+        raise ValueError(
+            f"passwd: the password source {source!r} failed ({type(exc).__name__})"
+        ) from None
+    if not isinstance(password, str):
+        raise ValueError(f"passwd: the password source returned {type(password).__name__}, not str")
+    return password

@@ -37,6 +37,7 @@ from .connect_args import (
     check_connect_args,
     check_retry,
     normalize_setsession,
+    resolve_password,
     secrets_of,
     with_network_defaults,
 )
@@ -126,6 +127,10 @@ class SteadyPgConnection(_DBAPI):
         self._retry = check_retry(retry_after_reopen)
         self._reconnect_timeout = reconnect_timeout or 0.0
         self._secrets = secrets_of(args, kwargs)
+        #: passwd is a callable (a PasswordFile, say): called for every new connection.
+        self._password_source = callable(kwargs.get("passwd")) or (
+            len(args) >= 6 and callable(args[5])
+        )
         #: Seconds a ping or a reset on return waits for the server's answer: connect_timeout.
         self._args, self._kwargs, self.probe_timeout = with_network_defaults(args, kwargs)
         self._transaction = False
@@ -185,9 +190,12 @@ class SteadyPgConnection(_DBAPI):
             self._db, self._cnx, self._poller = None, None, None
             self._reopen_pending = True
             self._let_go(old)
+        args, kwargs = self._args, self._kwargs
+        if self._password_source:
+            args, kwargs = self._fresh_password()
         db = open_db(
-            self._args,
-            self._kwargs,
+            args,
+            kwargs,
             secrets=self._secrets,
             reconnect_timeout=self._reconnect_timeout,
             logger=self.logger,
@@ -201,6 +209,17 @@ class SteadyPgConnection(_DBAPI):
         self._poller.register(db.db.socket, select.POLLIN)  # type: ignore[union-attr]
         self._transaction = False
         self._usage = 0
+
+    def _fresh_password(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The connection arguments with the password read now from its callable source; the
+        password joins the secrets redacted from messages (the last few kept)."""
+        try:
+            args, kwargs, password = resolve_password(self._args, self._kwargs)
+        except ValueError as exc:
+            raise ServerUnavailableError(str(exc)) from None
+        if password and password not in self._secrets:
+            self._secrets = (*self._secrets[-7:], password)
+        return args, kwargs
 
     def _let_go(self, db: pg.DB) -> None:
         """Close ``db``; with :attr:`close_wait`, wait until the server has ended its backend.

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..connect_args import PasswordFile
 from ..conninfo import MASK, SECRET_KEYWORDS, build_conninfo, mask_conninfo, parse_conninfo
 from ..options import CONFIG_ONLY, OPTIONS
 from ..policies import PingPolicy, ResetPolicy
@@ -124,6 +125,9 @@ class PoolSettings(_Frozen):
     )
     user: _Text | None = _doc("User name.")
     password: _Secret | None = _doc("Password (alias passwd); unset: .pgpass or PGPASSWORD.")
+    password_file: _Text | None = _doc(
+        "A file holding the password, read afresh for every new connection (rotation)."
+    )
     options: _Text | None = _doc("Server options such as '-c search_path=app' (alias opt).")
     service: _Text | None = _doc("A pg_service.conf entry.")
     conninfo: Annotated[SecretStr, AfterValidator(_valid_conninfo)] | None = _doc(
@@ -219,6 +223,14 @@ class PoolSettings(_Frozen):
 
     def _combination_problems(self, layer: str | None = None) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
+        if self.password_file is not None:
+            if self.password is not None or "password" in self._conninfo_params():
+                problems.append(("password_file", "cannot be combined with a password; keep one"))
+            elif layer != "defaults":
+                try:
+                    PasswordFile(self.password_file)()
+                except (OSError, UnicodeError) as exc:
+                    problems.append(("password_file", f"cannot be read ({type(exc).__name__})"))
         hosts = len(self.host.split(",")) if self.host else 1
         ports = len(str(self.port).split(",")) if self.port is not None else 1
         if ports > 1 and ports != hosts:
@@ -305,6 +317,8 @@ class PoolSettings(_Frozen):
         kwargs["setsession"] = list(self.setsession) or None
         kwargs["name"] = self.name
         kwargs["dbname"] = self.dsn()
+        if self.password_file is not None:
+            kwargs["passwd"] = PasswordFile(self.password_file)
         return kwargs
 
     def secrets(self) -> tuple[str, ...]:

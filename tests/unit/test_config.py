@@ -97,6 +97,7 @@ KEY_TABLE: dict[str, Key] = {
     "dbname": Key('"billing"', "billing", "billing", "billing"),
     "user": Key('"app"', "app", "app", "app"),
     "password": Key('"p@ss w\'rd\\\\"', "p@ss w'rd\\", "p@ss w'rd\\", "p@ss w'rd\\"),
+    "password_file": Key('"/dev/null"', "/dev/null", "/dev/null"),  # not a libpq keyword
     "options": Key(
         '"-c search_path=app"', "-c search_path=app", "-c search_path=app", "-c search_path=app"
     ),
