@@ -53,7 +53,7 @@ from .failures import cause, ended_by_server, ending_statement, lost_error
 from .policies import ResetPolicy
 from .roles import required_role, server_has_role
 from .stats import Counter
-from .wire import ask, cut_off, ended_on_server, wait_for_eof
+from .wire import WATCH, ask, cut_off, ended_on_server, wait_for_eof
 
 __all__ = ["SetSession", "SteadyPgConnection"]
 
@@ -206,7 +206,7 @@ class SteadyPgConnection(_DBAPI):
         self._primed = set()
         self._dead = False
         self._poller = select.poll()  # not select.select: that fails for descriptors > 1023
-        self._poller.register(db.db.socket, select.POLLIN)  # type: ignore[union-attr]
+        self._poller.register(db.db.socket, WATCH)  # type: ignore[union-attr]
         self._transaction = False
         self._usage = 0
 
@@ -458,7 +458,9 @@ class SteadyPgConnection(_DBAPI):
             if self._usage >= self._maxusage:
                 self._open_new()
                 db = self._live_db()
-            elif self._dead or (self._poller.poll(0) and ended_on_server(self._cnx)):
+            elif self._dead or (
+                (ready := self._poller.poll(0)) and ended_on_server(self._cnx, ready[0][1])
+            ):
                 # Found dead before anything was sent (a restart or a killed backend while
                 # the connection sat idle): reopening and sending there runs it once.
                 if not self._dead:

@@ -12,16 +12,27 @@ import socket
 import time
 from typing import Any
 
-__all__ = ["ask", "cut_off", "ended_on_server", "wait_for_eof"]
+__all__ = ["WATCH", "ask", "cut_off", "ended_on_server", "wait_for_eof"]
 
 
-def ended_on_server(cnx: Any) -> bool:
-    """An idle libpq connection ``cnx`` has something to read: is it the end (EOF or FATAL)?
+#: What a poller watches on an idle connection: data, and the peer closing its end.
+WATCH = select.POLLIN | select.POLLRDHUP
+_CLOSED_BY_PEER = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+
+
+def ended_on_server(cnx: Any, events: int = 0) -> bool:
+    """An idle libpq connection ``cnx`` has something to read (``events``, from a poller
+    watching :data:`WATCH`): is it the end?
 
     An idle connection receives nothing but notices, notifications and parameter
-    changes, unless the server is ending it: then a FATAL ErrorResponse ('E') and
-    end-of-file arrive. A peek (nothing is consumed) tells which, without a round trip.
+    changes, unless the server is ending it. A peer that closed its end (a crash, an
+    immediate shutdown: a WARNING notice, then end-of-file) is the end whatever is pending.
+    Else a peek (nothing is consumed) at the first byte tells: a FATAL ErrorResponse ('E')
+    or end-of-file is the end; anything else is a live connection. No round trip.
     """
+    if events & _CLOSED_BY_PEER:
+        _let_libpq_read_the_end(cnx)
+        return True
     try:
         peer = socket.socket(fileno=cnx.socket)
     except (OSError, TypeError, ValueError):
@@ -36,12 +47,15 @@ def ended_on_server(cnx: Any) -> bool:
         peer.detach()  # the descriptor stays libpq's
     if first not in (b"", b"E"):
         return False  # a notice, notification or parameter change: the connection lives
-    # Let libpq read the end itself, so it marks the connection bad: later calls and
-    # is_lost() see the loss, and it is counted once. Nothing but the FATAL error and the
-    # end-of-file is pending, so no notification is consumed here.
+    _let_libpq_read_the_end(cnx)
+    return True
+
+
+def _let_libpq_read_the_end(cnx: Any) -> None:
+    # libpq reads the end itself, so it marks the connection bad: later calls and is_lost()
+    # see the loss, and it is counted once. (What else was pending dies with the connection.)
     with contextlib.suppress(Exception):
         cnx.getnotify()
-    return True
 
 
 def wait_for_eof(fd: int, timeout: float) -> None:
