@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pg
 
+from .borrower import RAW
 from .errors import InvalidConnectionError
 from .leak import Frame
 from .steady import SteadyPgConnection, api_method_names
@@ -25,6 +26,11 @@ __all__ = ["PooledPgConnection", "Slot"]
 
 _refcount = sys.getrefcount
 _Query = pg.Query
+# pg.DB's own helpers with a leading underscore (_do_debug, _escape_qualified_name, ...):
+# forwarded too, since code written against pg.DB may call them.
+_DB_PRIVATE = frozenset(
+    name for name in vars(pg.DB) if name.startswith("_") and not name.startswith("__")
+)
 
 
 class Slot:
@@ -53,12 +59,13 @@ class PooledPgConnection(_DBAPI):
     """A checked-out connection: the whole steady ``pg.DB`` API, returned on close.
 
     ``close()``, ``del`` or leaving ``with pool.connection() as db:`` returns the connection
-    to its pool; afterwards every use raises :class:`InvalidConnectionError`. A method call
-    keeps the proxy alive until it returns, so ``pool.connection().query(...)`` is safe: the
-    connection goes back only after the query is done.
+    to its pool; afterwards every use raises :class:`InvalidConnectionError` (a
+    ``pg.InternalError``, as pg.DB raises for a closed connection). A method call keeps the
+    proxy alive until it returns, so ``pool.connection().query(...)`` is safe: the connection
+    goes back only after the query is done.
     """
 
-    __slots__ = ("__weakref__", "_con", "_pool", "_result", "_slot")
+    __slots__ = ("__weakref__", "_con", "_depth", "_pool", "_result", "_slot")
 
     # Made by PooledPg.connection() without __init__ (one call less on the hot path).
     _pool: PooledPg
@@ -67,6 +74,9 @@ class PooledPgConnection(_DBAPI):
     #: The last query result: while the caller still holds it, the connection is kept out of
     #: the pool (see close()).
     _result: object
+    #: ``with`` blocks entered on this proxy (unset until the first): the outermost scopes the
+    #: checkout, the ones inside it are pg.DB's transaction blocks.
+    _depth: int
 
     def close(self) -> None:
         """Return the connection to the pool (once; later calls do nothing).
@@ -76,6 +86,9 @@ class PooledPgConnection(_DBAPI):
         is read), the connection stays out of the pool until that result is released: it is
         never lent to anyone else while it can still be read, and never closed under it.
         """
+        self._give_back()
+
+    def _give_back(self) -> None:
         slot = self._slot
         if slot is not None:
             self._slot = self._con = None
@@ -89,7 +102,12 @@ class PooledPgConnection(_DBAPI):
             self._pool._checkin(slot)
 
     def reopen(self) -> None:
-        """Reopen the underlying connection, or take a new one if this proxy was returned."""
+        """Open a new connection, as ``pg.DB.reopen()``: a new server session.
+
+        On a live proxy the underlying connection is reopened. On a returned one, a connection
+        is taken from the pool and reopened, so that ``reopen()`` always means a new session
+        (the pool would likely hand back the very connection just returned).
+        """
         con = self._con
         if con is not None:
             con.reopen()
@@ -97,6 +115,16 @@ class PooledPgConnection(_DBAPI):
         fresh = self._pool.connection()
         self._slot, self._con = fresh._slot, fresh._con
         fresh._slot = fresh._con = None
+        try:
+            self._live().reopen()
+        except BaseException:
+            self._give_back()  # a failed reopen leaves the connection to reopen at next use
+            raise
+
+    def reset(self) -> None:
+        """Reconnect with the same parameters, as ``pg.DB.reset()``: ``db.db`` stays the same
+        object (see :meth:`SteadyPgConnection.reset`)."""
+        self._live().reset()
 
     @property
     def steady(self) -> SteadyPgConnection:
@@ -119,6 +147,8 @@ class PooledPgConnection(_DBAPI):
         if type(result) is _Query:  # not the str or None of other statements
             self._result = result
             con.prime_types(result)
+        else:  # LISTEN, CREATE return None, CREATE TEMP .. AS a count: noted for the return
+            con.note_statement(command, result is None)
         return result
 
     def query_formatted(self, *args: Any, **kwargs: Any) -> Any:
@@ -127,6 +157,10 @@ class PooledPgConnection(_DBAPI):
         if type(result) is _Query:
             self._result = result
             con.prime_types(result)
+        else:
+            command = args[0] if args else kwargs.get("command")
+            if isinstance(command, str):
+                con.note_statement(command, result is None)
         return result
 
     def query_prepared(self, name: str, *args: Any) -> Any:
@@ -137,22 +171,104 @@ class PooledPgConnection(_DBAPI):
             con.prime_types(result)
         return result
 
+    def prepare(self, name: str, command: str) -> None:
+        con = self._live()
+        con.prepare(name, command)
+        con.note_statement(command)  # run later by query_prepared()
+
+    def send_query(self, cmd: str, args: Any = None) -> Any:
+        con = self._live()
+        query = con.send_query(cmd) if args is None else con.send_query(cmd, args)
+        con.note_statement(cmd)
+        return query
+
+    # -- pg.DB's attributes ---------------------------------------------------------------
+
+    @property
+    def db(self) -> Any:  # type: ignore[override]  # read-only: the pool owns it
+        """The underlying ``pg.Connection`` (None once returned, as pg.DB after close()).
+
+        What is done to it is out of the pool's sight: the return then cleans everything a
+        borrower can leave (client state, ``UNLISTEN *``, pg.DB's caches).
+        """
+        con = self._con
+        if con is None:
+            return None
+        con.note_client_change(RAW)
+        return con.db
+
+    # pg.DB(db) accepts a pgdb connection by its ``_cnx``: so it accepts a pooled connection.
+    _cnx = db
+
+    @property
+    def debug(self) -> Any:
+        """pg.DB's ``debug``: set it to print or log the queries of this checkout."""
+        return self._live().debug
+
+    @debug.setter
+    def debug(self, value: Any) -> None:
+        self._live().debug = value  # undone on return, kept over a transparent reopen
+
+    @property
+    def dbtypes(self) -> Any:  # type: ignore[override]
+        """pg.DB's type cache; typecasts set on it last for this checkout."""
+        con = self._live()
+        con.note_client_change()
+        return con.dbtypes
+
+    def use_regtypes(self, regtypes: bool | None = None) -> bool:
+        con = self._live()
+        if regtypes is not None:
+            con.note_client_change()
+        result: bool = con.use_regtypes(regtypes)
+        return result
+
+    def __dir__(self) -> list[str]:
+        """The attributes of the underlying pg.DB, as ``dir()`` of a pg.DB lists them."""
+        con = self._con
+        if con is None:
+            return sorted(set(super().__dir__()))
+        return dir(con._live_db())
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
+            if name in _DB_PRIVATE:
+                return getattr(self._live()._live_db(), name)
             raise AttributeError(name)
         return getattr(self._live(), name)
 
     def __enter__(self) -> PooledPgConnection:
+        """The first ``with`` scopes the checkout; one inside it is a transaction block.
+
+        ``with pool.connection() as db:`` gives the connection back at the end. Inside it,
+        ``with db:`` is what it is on a pg.DB: ``begin()``, then ``commit()``, or
+        ``rollback()`` if the block raises.
+        """
+        try:
+            depth = self._depth
+        except AttributeError:  # not set at checkout, to keep that path short
+            depth = 0
+        if depth:
+            self._live().begin()
+        self._depth = depth + 1
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        depth = self._depth = self._depth - 1
+        if depth:
+            con = self._live()
+            if exc_type is None:
+                con.commit()
+            else:
+                con.rollback()
+            return
+        self._give_back()
 
     def __del__(self) -> None:
         # Not contextlib.suppress: this runs for every checkout, and try costs nothing.
         if self._slot is not None:
             try:  # noqa: SIM105
-                self.close()
+                self._give_back()
             except Exception:
                 pass
 
@@ -174,6 +290,24 @@ def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any
     return method
 
 
+def _client_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """A forwarder for a method that changes client-side state: noted, undone on return."""
+
+    def method(self: PooledPgConnection, *args: Any, **kwargs: Any) -> Any:
+        con = self._live()
+        con.note_client_change()
+        return getattr(con, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = func.__doc__
+    method.__wrapped__ = func  # type: ignore[attr-defined]
+    return method
+
+
+# pg.Connection methods (reached through __getattr__) that change client-side state.
+_CLIENT_METHODS = ("set_cast_hook", "set_non_blocking", "set_notice_receiver")
+
+
 def _install_forwarders() -> None:
     names = set(api_method_names()) | {"ping", "in_transaction", "is_lost"}
     for name in sorted(names):
@@ -183,6 +317,8 @@ def _install_forwarders() -> None:
         if isinstance(attr, property):
             continue
         setattr(PooledPgConnection, name, _forwarding_method(name, attr))
+    for name in _CLIENT_METHODS:
+        setattr(PooledPgConnection, name, _client_method(name, getattr(pg.Connection, name)))
 
 
 _install_forwarders()
