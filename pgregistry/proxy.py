@@ -60,9 +60,9 @@ class PooledPgConnection(_DBAPI):
 
     ``close()``, ``del`` or leaving ``with pool.connection() as db:`` returns the connection
     to its pool; afterwards every use raises :class:`InvalidConnectionError` (a
-    ``pg.InternalError``, as pg.DB raises for a closed connection). A method call keeps the
-    proxy alive until it returns, so ``pool.connection().query(...)`` is safe: the connection
-    goes back only after the query is done.
+    ``pg.InternalError``, as pg.DB raises for a closed connection), ``close()`` included. A
+    method call keeps the proxy alive until it returns, so ``pool.connection().query(...)`` is
+    safe: the connection goes back only after the query is done.
     """
 
     __slots__ = ("__weakref__", "_con", "_depth", "_pool", "_result", "_slot")
@@ -79,13 +79,18 @@ class PooledPgConnection(_DBAPI):
     _depth: int
 
     def close(self) -> None:
-        """Return the connection to the pool (once; later calls do nothing).
+        """Return the connection to the pool; a second call raises InvalidConnectionError.
 
-        When the caller still holds the result of the last query (as in
+        As pg.DB, whose ``close()`` on a closed connection raises ``pg.InternalError``. When
+        the caller still holds the result of the last query (as in
         ``pool.connection().query(...).getresult()``, where the proxy goes before the result
         is read), the connection stays out of the pool until that result is released: it is
         never lent to anyone else while it can still be read, and never closed under it.
         """
+        if self._slot is None:
+            raise InvalidConnectionError(
+                f"connection of pool {self._pool.name!r} was already returned to the pool"
+            )
         self._give_back()
 
     def _give_back(self) -> None:

@@ -476,7 +476,8 @@ def test_use_after_close_raises_invalid_connection(make_pool: MakePool) -> None:
     pool = make_pool(1)
     conn = pool.connection()
     conn.close()
-    conn.close()  # twice is fine
+    with pytest.raises(InvalidConnectionError):  # a pg.InternalError, as pg.DB's close() raises
+        conn.close()
     with pytest.raises(InvalidConnectionError):
         conn.query("SELECT 1")
     with pytest.raises(InvalidConnectionError):
