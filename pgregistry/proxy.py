@@ -65,7 +65,7 @@ class PooledPgConnection(_DBAPI):
     safe: the connection goes back only after the query is done.
     """
 
-    __slots__ = ("__weakref__", "_con", "_depth", "_pool", "_result", "_slot")
+    __slots__ = ("__weakref__", "_con", "_pool", "_result", "_slot")
 
     # Made by PooledPg.connection() without __init__ (one call less on the hot path).
     _pool: PooledPg
@@ -74,9 +74,6 @@ class PooledPgConnection(_DBAPI):
     #: The last query result: while the caller still holds it, the connection is kept out of
     #: the pool (see close()).
     _result: object
-    #: ``with`` blocks entered on this proxy (unset until the first): the outermost scopes the
-    #: checkout, the ones inside it are pg.DB's transaction blocks.
-    _depth: int
 
     def close(self) -> None:
         """Return the connection to the pool; a second call raises InvalidConnectionError.
@@ -87,11 +84,20 @@ class PooledPgConnection(_DBAPI):
         is read), the connection stays out of the pool until that result is released: it is
         never lent to anyone else while it can still be read, and never closed under it.
         """
-        if self._slot is None:
+        slot = self._slot
+        if slot is None:
             raise InvalidConnectionError(
                 f"connection of pool {self._pool.name!r} was already returned to the pool"
             )
-        self._give_back()
+        # _give_back() inlined: this is every checkout's return path.
+        self._slot = self._con = None
+        result = self._result
+        if result is not None:
+            self._result = None
+            if _refcount(result) > 2:
+                self._pool._hold(slot, result)
+                return
+        self._pool._checkin(slot)
 
     def _give_back(self) -> None:
         slot = self._slot
@@ -243,31 +249,52 @@ class PooledPgConnection(_DBAPI):
         return getattr(self._live(), name)
 
     def __enter__(self) -> PooledPgConnection:
-        """The first ``with`` scopes the checkout; one inside it is a transaction block.
+        """``with`` on a fresh connection scopes the checkout; otherwise it is pg.DB's.
 
-        ``with pool.connection() as db:`` gives the connection back at the end. Inside it,
-        ``with db:`` is what it is on a pg.DB: ``begin()``, then ``commit()``, or
+        ``with pool.connection() as db:`` (no call made on it yet) gives the connection back
+        at the end. ``with db:`` on a connection already used in this checkout, or inside
+        such a scope, is what it is on a pg.DB: ``begin()``, then ``commit()``, or
         ``rollback()`` if the block raises.
         """
-        try:
-            depth = self._depth
-        except AttributeError:  # not set at checkout, to keep that path short
-            depth = 0
-        if depth:
-            self._live().begin()
-        self._depth = depth + 1
+        con = self._con
+        if con is None:
+            con = self._live()
+        # with_blocks: 0 outside any block; -1 in the scope, -2, -3 in blocks inside it; 1, 2
+        # in transaction blocks with no scope around them.
+        blocks = con.with_blocks
+        if blocks:
+            con.begin()
+            con.with_blocks = blocks - 1 if blocks < 0 else blocks + 1
+        elif con._usage != con.returned_usage:
+            con.begin()
+            con.with_blocks = 1
+        else:
+            con.with_blocks = -1
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        depth = self._depth = self._depth - 1
-        if depth:
-            con = self._live()
-            if exc_type is None:
-                con.commit()
-            else:
-                con.rollback()
+        con = self._con
+        if con is None:
+            return  # given back inside the block (and rolled back there if need be)
+        blocks = con.with_blocks
+        if blocks == -1:
+            con.with_blocks = 0
+            # _give_back() inlined: the return path of every `with pool.connection()`.
+            slot = self._slot
+            self._slot = self._con = None
+            result = self._result
+            if result is not None:
+                self._result = None
+                if _refcount(result) > 2:
+                    self._pool._hold(slot, result)  # type: ignore[arg-type]
+                    return
+            self._pool._checkin(slot)  # type: ignore[arg-type]
             return
-        self._give_back()
+        con.with_blocks = blocks + 1 if blocks < 0 else blocks - 1
+        if exc_type is None:
+            con.commit()
+        else:
+            con.rollback()
 
     def __del__(self) -> None:
         # Not contextlib.suppress: this runs for every checkout, and try costs nothing.

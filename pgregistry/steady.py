@@ -158,6 +158,12 @@ class SteadyPgConnection(_DBAPI):
         self._channels: set[str] = set()
         #: Client state taken from a connection let go, for the one that replaces it.
         self._carry: ClientState | None = None
+        #: ``_usage`` when the connection was last given back: a borrower who has made no call
+        #: yet has a fresh connection (the pool's proxy decides what ``with`` means by it).
+        self.returned_usage = 0
+        #: ``with`` blocks open on the pool's proxy in this checkout, negative inside the block
+        #: that scopes the checkout (see PooledPgConnection.__enter__).
+        self.with_blocks = 0
         self._pid = os.getpid()
         #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
         self.listener: Callable[[Counter], None] | None = None
@@ -232,6 +238,7 @@ class SteadyPgConnection(_DBAPI):
         self._poller = select.poll()  # not select.select: that fails for descriptors > 1023
         self._poller.register(db.db.socket, select.POLLIN)  # type: ignore[union-attr]
         self._transaction = False
+        self.returned_usage -= self._usage  # calls since the checkout stay counted
         self._usage = 0
         self._dirt &= ~TEMP  # the temporary objects went with the old session
         carry, self._carry = self._carry, None
@@ -308,6 +315,7 @@ class SteadyPgConnection(_DBAPI):
         """
         self._channels.clear()
         self._open_new()
+        self.returned_usage -= 1  # reopen() itself is a use
 
     def reset(self) -> None:
         """Reconnect with the same parameters, as ``pg.DB.reset()`` (libpq's ``PQreset``).
@@ -342,6 +350,7 @@ class SteadyPgConnection(_DBAPI):
         self._poller = select.poll()
         self._poller.register(cnx.socket, select.POLLIN)
         self._transaction = False
+        self.returned_usage -= self._usage + 1  # reset() itself is a use
         self._usage = 0
 
     @staticmethod
@@ -398,6 +407,9 @@ class SteadyPgConnection(_DBAPI):
             return False
         if idle:
             self._transaction = False
+            self.returned_usage = self._usage
+            if self.with_blocks:  # given back inside a with block
+                self.with_blocks = 0
         return idle
 
     def reset_on_return(self, policy: ResetPolicy) -> bool:
@@ -443,6 +455,8 @@ class SteadyPgConnection(_DBAPI):
         if dirt & SCHEMA and policy is not ResetPolicy.DISCARD:
             self.flush_caches()  # the next borrower's pg.DB knows nothing of the old schema
         self._transaction = False
+        self.returned_usage = self._usage
+        self.with_blocks = 0
         return in_transaction
 
     def _clean_session(self, cnx: Any, dirt: int) -> None:
