@@ -184,6 +184,10 @@ class PooledDbTypes(DbTypes):
             self.replay(casts)
 
 
+# pg.DB's caches of table facts (PyGreSQL 6: db.py, DB.__init__).
+_CACHES = ("_attnames", "_generated", "_pkeys", "_privileges")
+
+
 def flush_caches(db: pg.DB) -> None:
     """Forget what ``db`` cached about the session (no I/O): after ``DISCARD``, a reset.
 
@@ -191,10 +195,10 @@ def flush_caches(db: pg.DB) -> None:
     the same name may have gone or come), and types and typecasts (composite types of
     temporary tables); built-in types come back without a round trip (:class:`PooledDbTypes`).
     """
-    db._attnames.clear()
-    db._generated.clear()
-    db._pkeys.clear()
-    db._privileges.clear()
+    for name in _CACHES:
+        cache = getattr(db, name, None)  # pg.DB's private caches: absent ones are skipped
+        if cache is not None:
+            cache.clear()
     dbtypes = db.dbtypes
     if isinstance(dbtypes, PooledDbTypes):
         dbtypes.forget()

@@ -182,11 +182,6 @@ class PooledPgConnection(_DBAPI):
             con.prime_types(result)
         return result
 
-    def prepare(self, name: str, command: str) -> None:
-        con = self._live()
-        con.prepare(name, command)
-        con.note_statement(command)  # run later by query_prepared()
-
     def send_query(self, cmd: str, args: Any = None) -> Any:
         con = self._live()
         query = con.send_query(cmd) if args is None else con.send_query(cmd, args)
