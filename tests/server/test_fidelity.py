@@ -441,3 +441,62 @@ def test_a_connection_closed_inside_its_with_scope_is_given_back_once(
     with pool.connection() as again:  # fresh again: scopes its checkout
         assert again.query("SELECT 1").getresult() == [(1,)]
     assert pool.stats()["in_use"] == 0
+
+
+def test_only_debug_can_be_set_on_a_pooled_connection(make_pool: MakePool) -> None:
+    pool = make_pool(1, 1, 1)
+    with pool.connection() as db:
+        with pytest.raises(AttributeError):
+            db.db = None  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            db.anything = 1  # type: ignore[attr-defined]
+        db.debug = False
+        assert db.debug is False
+
+
+def test_an_explicit_reopen_keeps_client_state_and_listens_on_nothing(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(1, 1, 1)
+    logged: list[str] = []
+    with pool.connection() as db:
+        db.debug = logged.append
+        db.query(f"LISTEN {channel()}")
+        db.reopen()
+        assert db.query("SELECT pg_listening_channels()").getresult() == []
+        assert logged[-1] == "SELECT pg_listening_channels()"
+
+
+def test_a_borrower_that_had_the_raw_connection_gets_everything_cleaned(
+    make_pool: MakePool, monitor: Monitor
+) -> None:
+    pool = make_pool(1, 1, 1)
+    with pool.connection() as db:
+        pid = db.backend_pid
+        raw = db.db
+        raw.query(f"LISTEN {channel()}")
+        raw.query("CREATE TEMP TABLE pgrt_tmp (n int)")
+        del raw
+    assert last_statement(monitor, pid) == "UNLISTEN *; DISCARD TEMP"
+    with pool.connection() as db:
+        assert db.query("SELECT pg_listening_channels()").getresult() == []
+        assert db.query("SELECT to_regclass('pg_temp.pgrt_tmp')").getresult() == [(None,)]
+
+
+def test_a_search_path_change_flushes_the_column_cache_for_the_next_borrower(
+    make_pool: MakePool, monitor: Monitor
+) -> None:
+    schema = f"pgrt_s_{uuid.uuid4().hex[:12]}"
+    monitor.db.query(f"CREATE SCHEMA {schema}")
+    try:
+        monitor.db.query(f"CREATE TABLE {schema}.pgrt_item (id int, only_here text)")
+        pool = make_pool(1, 1, 1)
+        with pool.connection() as db:
+            db.query(f"SET search_path TO {schema}, public")
+            assert list(db.get_attnames("pgrt_item")) == ["id", "only_here"]
+            db.query("SET search_path TO public")
+        # public has no pgrt_item: the columns cached for the other schema must be gone
+        with pool.connection() as db, pytest.raises(pg.ProgrammingError):
+            db.get_attnames("pgrt_item")
+    finally:
+        monitor.db.query(f"DROP SCHEMA {schema} CASCADE")
