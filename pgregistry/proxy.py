@@ -246,25 +246,21 @@ class PooledPgConnection(_DBAPI):
     def __enter__(self) -> PooledPgConnection:
         """``with`` on a fresh connection scopes the checkout; otherwise it is pg.DB's.
 
-        ``with pool.connection() as db:`` (no call made on it yet) gives the connection back
-        at the end. ``with db:`` on a connection already used in this checkout, or inside
-        such a scope, is what it is on a pg.DB: ``begin()``, then ``commit()``, or
-        ``rollback()`` if the block raises.
+        ``with pool.connection() as db:`` (no call has gone to the server on it yet) gives the
+        connection back at the end. ``with db:`` on a connection already used in this
+        checkout, or inside such a scope, is what it is on a pg.DB: ``begin()``, then
+        ``commit()``, or ``rollback()`` if the block raises.
         """
         con = self._con
         if con is None:
             con = self._live()
-        # with_blocks: 0 outside any block; -1 in the scope, -2, -3 in blocks inside it; 1, 2
-        # in transaction blocks with no scope around them.
-        blocks = con.with_blocks
-        if blocks:
-            con.begin()
-            con.with_blocks = blocks - 1 if blocks < 0 else blocks + 1
-        elif con._usage != con.returned_usage:
-            con.begin()
-            con.with_blocks = 1
-        else:
+        if con.fresh:
+            con.fresh = False  # a with inside this one is a transaction block
             con.with_blocks = -1
+            return self
+        blocks = con.with_blocks
+        con.begin()
+        con.with_blocks = blocks - 1 if blocks < 0 else blocks + 1
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -273,7 +269,6 @@ class PooledPgConnection(_DBAPI):
             return  # given back inside the block (and rolled back there if need be)
         blocks = con.with_blocks
         if blocks == -1:
-            con.with_blocks = 0
             # _give_back() inlined: the return path of every `with pool.connection()`.
             slot = self._slot
             self._slot = self._con = None

@@ -158,11 +158,19 @@ class SteadyPgConnection(_DBAPI):
         self._channels: set[str] = set()
         #: Client state taken from a connection let go, for the one that replaces it.
         self._carry: ClientState | None = None
-        #: ``_usage`` when the connection was last given back: a borrower who has made no call
-        #: yet has a fresh connection (the pool's proxy decides what ``with`` means by it).
-        self.returned_usage = 0
-        #: ``with`` blocks open on the pool's proxy in this checkout, negative inside the block
-        #: that scopes the checkout (see PooledPgConnection.__enter__).
+        #: The raw connection while the borrower left nothing to clean, else None: the one
+        #: attribute the cheapest return path reads (see idle_on_server).
+        self._cnx_if_clean: Any = None
+        #: No call has gone to the server since the connection was given back (or opened):
+        #: the pool's proxy decides by it what ``with`` means (see PooledPgConnection).
+        #: Written, never read, on the hot paths: with __getattr__ on the class, a load costs
+        #: several times a store.
+        self.fresh = True
+        #: ``with`` blocks open on the pool's proxy: -1 the block that scopes the checkout, -2,
+        #: -3 blocks inside it, 1, 2 blocks with no scope around them. Never reset: a fresh
+        #: checkout's first ``with`` sets it, and every other block counts from what it finds
+        #: and puts it back on exit, so a value left by a borrower who gave the connection
+        #: back inside a block does no harm.
         self.with_blocks = 0
         self._pid = os.getpid()
         #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
@@ -238,9 +246,9 @@ class SteadyPgConnection(_DBAPI):
         self._poller = select.poll()  # not select.select: that fails for descriptors > 1023
         self._poller.register(db.db.socket, select.POLLIN)  # type: ignore[union-attr]
         self._transaction = False
-        self.returned_usage -= self._usage  # calls since the checkout stay counted
         self._usage = 0
         self._dirt &= ~TEMP  # the temporary objects went with the old session
+        self._cnx_if_clean = None if self._dirt else self._cnx
         carry, self._carry = self._carry, None
         if carry is not None:
             carry.apply(db)
@@ -315,7 +323,7 @@ class SteadyPgConnection(_DBAPI):
         """
         self._channels.clear()
         self._open_new()
-        self.returned_usage -= 1  # reopen() itself is a use
+        self.fresh = False
 
     def reset(self) -> None:
         """Reconnect with the same parameters, as ``pg.DB.reset()`` (libpq's ``PQreset``).
@@ -350,7 +358,7 @@ class SteadyPgConnection(_DBAPI):
         self._poller = select.poll()
         self._poller.register(cnx.socket, select.POLLIN)
         self._transaction = False
-        self.returned_usage -= self._usage + 1  # reset() itself is a use
+        self.fresh = False
         self._usage = 0
 
     @staticmethod
@@ -398,19 +406,17 @@ class SteadyPgConnection(_DBAPI):
         Clears the ``begin()`` mark in that case (a raw ``COMMIT`` may have ended it), so the
         cheapest return path needs no round trip and no reset.
         """
-        if self._dirt:
-            return False  # the borrower left something to clean (see reset_on_return)
-        cnx = self._cnx
+        cnx = self._cnx_if_clean  # None when the borrower left something to clean
+        if cnx is None:
+            return False
         try:
-            idle = cnx is not None and cnx.transaction() == _TRANS_IDLE
+            if cnx.transaction() != _TRANS_IDLE:
+                return False
         except TypeError:  # closed under us (db.db.close()): not idle, and lost
             return False
-        if idle:
-            self._transaction = False
-            self.returned_usage = self._usage
-            if self.with_blocks:  # given back inside a with block
-                self.with_blocks = 0
-        return idle
+        self._transaction = False
+        self.fresh = True
+        return True
 
     def reset_on_return(self, policy: ResetPolicy) -> bool:
         """Clean the session for the next borrower as ``policy`` says (I/O; raises on failure).
@@ -455,8 +461,8 @@ class SteadyPgConnection(_DBAPI):
         if dirt & SCHEMA and policy is not ResetPolicy.DISCARD:
             self.flush_caches()  # the next borrower's pg.DB knows nothing of the old schema
         self._transaction = False
-        self.returned_usage = self._usage
-        self.with_blocks = 0
+        self.fresh = True
+        self._cnx_if_clean = self._cnx
         return in_transaction
 
     def _clean_session(self, cnx: Any, dirt: int) -> None:
@@ -498,11 +504,13 @@ class SteadyPgConnection(_DBAPI):
         dirt = borrower.scan_statement(command, self._channels, utility)
         if dirt:
             self._dirt |= dirt
+            self._cnx_if_clean = None
 
     def note_client_change(self, dirt: int = CLIENT) -> None:
         """The borrower changed client-side state (or had the raw connection): clean it on
         return, carry it over a reopen. The resolved typecasts are checked again."""
         self._dirt |= dirt
+        self._cnx_if_clean = None
         self._primed.clear()
 
     @property
@@ -514,6 +522,7 @@ class SteadyPgConnection(_DBAPI):
     def debug(self, value: Any) -> None:
         self._live_db().debug = value
         self._dirt |= CLIENT
+        self._cnx_if_clean = None
 
     def prime_types(self, result: object) -> None:
         """Look up now every type that reading ``result`` could make PyGreSQL look up later.
@@ -591,6 +600,7 @@ class SteadyPgConnection(_DBAPI):
 
     def _run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call ``func(pg.DB, *args, **kwargs)`` with reopen-and-retry outside transactions."""
+        self.fresh = False
         db = self._live_db()
         state = self._cnx.transaction()
         if state == _TRANS_IDLE and not self._transaction:

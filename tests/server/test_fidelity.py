@@ -500,3 +500,22 @@ def test_a_search_path_change_flushes_the_column_cache_for_the_next_borrower(
             db.get_attnames("pgrt_item")
     finally:
         monitor.db.query(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_connection_given_back_inside_a_transaction_block_leaves_with_working(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(1, 1, 1)
+    with pool.connection() as db:  # noqa: SIM117 (two blocks: the scope, a transaction)
+        with db:
+            db.close()  # given back inside both blocks: rolled back, with a WARNING
+    db = pool.connection()
+    db.query("CREATE TEMP TABLE pgrt_tmp (n int)")
+    with db:  # used: a transaction block, counted from what the last borrower left
+        db.query("INSERT INTO pgrt_tmp VALUES (1)")
+        assert db.transaction() == pg.TRANS_INTRANS
+    assert db.transaction() == pg.TRANS_IDLE
+    db.close()
+    with pool.connection() as db:  # fresh: scopes the checkout again
+        pass
+    assert pool.stats()["in_use"] == 0
