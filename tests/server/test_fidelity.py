@@ -264,7 +264,9 @@ def test_client_state_of_one_borrower_never_reaches_the_next(
         db.set_notice_receiver(notices.append)
         assert db.query("SELECT '0,0,1'::circle").getresult() == [("Squared Circle: <(0,0),1>",)]
         assert logged[0] == "SELECT '0,0,1'::circle"
+        db.set_non_blocking(True)
     with pool.connection() as db:
+        assert not db.is_non_blocking()
         assert db.debug is None
         assert db.use_regtypes() is False
         assert db.get_notice_receiver() is None
