@@ -34,7 +34,8 @@ class PooledPgError(PgRegistryError):
     """Base class of every error a pool raises about itself (not about the database)."""
 
 
-class InvalidConnectionError(PooledPgError):
+# pg.DB raises pg.InternalError for a closed connection; a returned one is closed to its holder.
+class InvalidConnectionError(PooledPgError, pg.InternalError):
     """The pooled connection was already returned to its pool and cannot be used any more."""
 
 

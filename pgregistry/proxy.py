@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pg
 
+from .borrower import RAW
 from .errors import InvalidConnectionError
 from .leak import Frame
 from .steady import SteadyPgConnection, api_method_names
@@ -25,6 +26,11 @@ __all__ = ["PooledPgConnection", "Slot"]
 
 _refcount = sys.getrefcount
 _Query = pg.Query
+# pg.DB's own helpers with a leading underscore (_do_debug, _escape_qualified_name, ...):
+# forwarded too, since code written against pg.DB may call them.
+_DB_PRIVATE = frozenset(
+    name for name in vars(pg.DB) if name.startswith("_") and not name.startswith("__")
+)
 
 
 class Slot:
@@ -53,9 +59,10 @@ class PooledPgConnection(_DBAPI):
     """A checked-out connection: the whole steady ``pg.DB`` API, returned on close.
 
     ``close()``, ``del`` or leaving ``with pool.connection() as db:`` returns the connection
-    to its pool; afterwards every use raises :class:`InvalidConnectionError`. A method call
-    keeps the proxy alive until it returns, so ``pool.connection().query(...)`` is safe: the
-    connection goes back only after the query is done.
+    to its pool; afterwards every use raises :class:`InvalidConnectionError` (a
+    ``pg.InternalError``, as pg.DB raises for a closed connection), ``close()`` included. A
+    method call keeps the proxy alive until it returns, so ``pool.connection().query(...)`` is
+    safe: the connection goes back only after the query is done.
     """
 
     __slots__ = ("__weakref__", "_con", "_pool", "_result", "_slot")
@@ -69,13 +76,30 @@ class PooledPgConnection(_DBAPI):
     _result: object
 
     def close(self) -> None:
-        """Return the connection to the pool (once; later calls do nothing).
+        """Return the connection to the pool; a second call raises InvalidConnectionError.
 
-        When the caller still holds the result of the last query (as in
+        As pg.DB, whose ``close()`` on a closed connection raises ``pg.InternalError``. When
+        the caller still holds the result of the last query (as in
         ``pool.connection().query(...).getresult()``, where the proxy goes before the result
         is read), the connection stays out of the pool until that result is released: it is
         never lent to anyone else while it can still be read, and never closed under it.
         """
+        slot = self._slot
+        if slot is None:
+            raise InvalidConnectionError(
+                f"connection of pool {self._pool.name!r} was already returned to the pool"
+            )
+        # _give_back() inlined: this is every checkout's return path.
+        self._slot = self._con = None
+        result = self._result
+        if result is not None:
+            self._result = None
+            if _refcount(result) > 2:
+                self._pool._hold(slot, result)
+                return
+        self._pool._checkin(slot)
+
+    def _give_back(self) -> None:
         slot = self._slot
         if slot is not None:
             self._slot = self._con = None
@@ -89,7 +113,12 @@ class PooledPgConnection(_DBAPI):
             self._pool._checkin(slot)
 
     def reopen(self) -> None:
-        """Reopen the underlying connection, or take a new one if this proxy was returned."""
+        """Open a new connection, as ``pg.DB.reopen()``: a new server session.
+
+        On a live proxy the underlying connection is reopened. On a returned one, a connection
+        is taken from the pool and reopened, so that ``reopen()`` always means a new session
+        (the pool would likely hand back the very connection just returned).
+        """
         con = self._con
         if con is not None:
             con.reopen()
@@ -97,6 +126,16 @@ class PooledPgConnection(_DBAPI):
         fresh = self._pool.connection()
         self._slot, self._con = fresh._slot, fresh._con
         fresh._slot = fresh._con = None
+        try:
+            self._live().reopen()
+        except BaseException:
+            self._give_back()  # a failed reopen leaves the connection to reopen at next use
+            raise
+
+    def reset(self) -> None:
+        """Reconnect with the same parameters, as ``pg.DB.reset()``: ``db.db`` stays the same
+        object (see :meth:`SteadyPgConnection.reset`)."""
+        self._live().reset()
 
     @property
     def steady(self) -> SteadyPgConnection:
@@ -119,6 +158,8 @@ class PooledPgConnection(_DBAPI):
         if type(result) is _Query:  # not the str or None of other statements
             self._result = result
             con.prime_types(result)
+        else:  # LISTEN, CREATE return None, CREATE TEMP .. AS a count: noted for the return
+            con.note_statement(command, result is None)
         return result
 
     def query_formatted(self, *args: Any, **kwargs: Any) -> Any:
@@ -127,6 +168,10 @@ class PooledPgConnection(_DBAPI):
         if type(result) is _Query:
             self._result = result
             con.prime_types(result)
+        else:
+            command = args[0] if args else kwargs.get("command")
+            if isinstance(command, str):
+                con.note_statement(command, result is None)
         return result
 
     def query_prepared(self, name: str, *args: Any) -> Any:
@@ -137,22 +182,115 @@ class PooledPgConnection(_DBAPI):
             con.prime_types(result)
         return result
 
+    def send_query(self, cmd: str, args: Any = None) -> Any:
+        con = self._live()
+        query = con.send_query(cmd) if args is None else con.send_query(cmd, args)
+        con.note_statement(cmd)
+        return query
+
+    # -- pg.DB's attributes ---------------------------------------------------------------
+
+    @property
+    def db(self) -> Any:  # type: ignore[override]  # read-only: the pool owns it
+        """The underlying ``pg.Connection`` (None once returned, as pg.DB after close()).
+
+        What is done to it is out of the pool's sight: the return then cleans everything a
+        borrower can leave (client state, ``UNLISTEN *``, pg.DB's caches).
+        """
+        con = self._con
+        if con is None:
+            return None
+        con.note_client_change(RAW)
+        return con.db
+
+    # pg.DB(db) accepts a pgdb connection by its ``_cnx``: so it accepts a pooled connection.
+    _cnx = db
+
+    @property
+    def debug(self) -> Any:
+        """pg.DB's ``debug``: set it to print or log the queries of this checkout."""
+        return self._live().debug
+
+    @debug.setter
+    def debug(self, value: Any) -> None:
+        self._live().debug = value  # undone on return, kept over a transparent reopen
+
+    @property
+    def dbtypes(self) -> Any:  # type: ignore[override]
+        """pg.DB's type cache; typecasts set on it last for this checkout."""
+        con = self._live()
+        con.note_client_change()
+        return con.dbtypes
+
+    def use_regtypes(self, regtypes: bool | None = None) -> bool:
+        con = self._live()
+        if regtypes is not None:
+            con.note_client_change()
+        result: bool = con.use_regtypes(regtypes)
+        return result
+
+    def __dir__(self) -> list[str]:
+        """The attributes of the underlying pg.DB, as ``dir()`` of a pg.DB lists them."""
+        con = self._con
+        if con is None:
+            return sorted(set(super().__dir__()))
+        return dir(con._live_db())
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
+            if name in _DB_PRIVATE:
+                return getattr(self._live()._live_db(), name)
             raise AttributeError(name)
         return getattr(self._live(), name)
 
     def __enter__(self) -> PooledPgConnection:
+        """``with`` on a fresh connection scopes the checkout; otherwise it is pg.DB's.
+
+        ``with pool.connection() as db:`` (no call has gone to the server on it yet) gives the
+        connection back at the end. ``with db:`` on a connection already used in this
+        checkout, or inside such a scope, is what it is on a pg.DB: ``begin()``, then
+        ``commit()``, or ``rollback()`` if the block raises.
+        """
+        con = self._con
+        if con is None:
+            con = self._live()
+        if con.fresh:
+            con.fresh = False  # a with inside this one is a transaction block
+            con.with_blocks = -1
+            return self
+        blocks = con.with_blocks
+        con.begin()
+        con.with_blocks = blocks - 1 if blocks < 0 else blocks + 1
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        con = self._con
+        if con is None:
+            return  # given back inside the block (and rolled back there if need be)
+        blocks = con.with_blocks
+        if blocks == -1:
+            # _give_back() inlined: the return path of every `with pool.connection()`.
+            slot = self._slot
+            self._slot = self._con = None
+            result = self._result
+            if result is not None:
+                self._result = None
+                if _refcount(result) > 2:
+                    self._pool._hold(slot, result)  # type: ignore[arg-type]
+                    return
+            self._pool._checkin(slot)  # type: ignore[arg-type]
+            return
+        con.with_blocks = blocks + 1 if blocks < 0 else blocks - 1
+        if exc_type is None:
+            con.commit()
+        else:
+            con.rollback()
 
     def __del__(self) -> None:
         # Not contextlib.suppress: this runs for every checkout, and try costs nothing.
         if self._slot is not None:
             try:  # noqa: SIM105
-                self.close()
+                self._give_back()
             except Exception:
                 pass
 
@@ -174,6 +312,24 @@ def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any
     return method
 
 
+def _client_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """A forwarder for a method that changes client-side state: noted, undone on return."""
+
+    def method(self: PooledPgConnection, *args: Any, **kwargs: Any) -> Any:
+        con = self._live()
+        con.note_client_change()
+        return getattr(con, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = func.__doc__
+    method.__wrapped__ = func  # type: ignore[attr-defined]
+    return method
+
+
+# pg.Connection methods (reached through __getattr__) that change client-side state.
+_CLIENT_METHODS = ("set_cast_hook", "set_non_blocking", "set_notice_receiver")
+
+
 def _install_forwarders() -> None:
     names = set(api_method_names()) | {"ping", "in_transaction", "is_lost"}
     for name in sorted(names):
@@ -183,6 +339,8 @@ def _install_forwarders() -> None:
         if isinstance(attr, property):
             continue
         setattr(PooledPgConnection, name, _forwarding_method(name, attr))
+    for name in _CLIENT_METHODS:
+        setattr(PooledPgConnection, name, _client_method(name, getattr(pg.Connection, name)))
 
 
 _install_forwarders()

@@ -32,6 +32,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pg
 
+from . import borrower
+from .borrower import (
+    CLIENT,
+    LISTENED,
+    SCHEMA,
+    SESSION,
+    TEMP,
+    UNLISTEN_ALL,
+    ClientState,
+    PooledDbTypes,
+)
 from .connect_args import (
     SetSession,
     check_connect_args,
@@ -151,6 +162,28 @@ class SteadyPgConnection(_DBAPI):
         self._primed: set[int] = set()
         #: The role the target asks for (target_session_attrs), kept on every connection.
         self.role = required_role(self._args, self._kwargs)
+        #: pg_type rows of built-in types, kept over session changes (see PooledDbTypes).
+        self._type_rows: dict[int | str, tuple[Any, ...]] = {}
+        #: What the current borrower did that the return must clean (pgregistry.borrower bits).
+        self._dirt = 0
+        #: The channels the current borrower listens on (quoted), replayed after a reopen.
+        self._channels: set[str] = set()
+        #: Client state taken from a connection let go, for the one that replaces it.
+        self._carry: ClientState | None = None
+        #: The raw connection while the borrower left nothing to clean, else None: the one
+        #: attribute the cheapest return path reads (see idle_on_server).
+        self._cnx_if_clean: Any = None
+        #: No call has gone to the server since the connection was given back (or opened):
+        #: the pool's proxy decides by it what ``with`` means (see PooledPgConnection).
+        #: Written, never read, on the hot paths: with __getattr__ on the class, a load costs
+        #: several times a store.
+        self.fresh = True
+        #: ``with`` blocks open on the pool's proxy: -1 the block that scopes the checkout, -2,
+        #: -3 blocks inside it, 1, 2 blocks with no scope around them. Never reset: a fresh
+        #: checkout's first ``with`` sets it, and every other block counts from what it finds
+        #: and puts it back on exit, so a value left by a borrower who gave the connection
+        #: back inside a block does no harm.
+        self.with_blocks = 0
         self._pid = os.getpid()
         #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
         self.listener: Callable[[Counter], None] | None = None
@@ -187,6 +220,9 @@ class SteadyPgConnection(_DBAPI):
         """
         old = self._db
         if old is not None:
+            if self._dirt & CLIENT:
+                # The borrower's debug, typecasts, hooks go over to the new pg.DB.
+                self._carry = ClientState(old)
             self._db, self._cnx, self._poller = None, None, None
             self._reopen_pending = True
             self._let_go(old)
@@ -200,6 +236,9 @@ class SteadyPgConnection(_DBAPI):
             reconnect_timeout=self._reconnect_timeout,
             logger=self.logger,
         )
+        # A type cache that remembers built-in types (a new pg.DB has fresh caches anyway).
+        db.dbtypes = PooledDbTypes(db, self._type_rows)
+        db.db.set_cast_hook(db.dbtypes.typecast)  # type: ignore[union-attr]
         self._prepare_session(db)
         self._db, self._cnx = db, db.db
         self._reopen_pending = False
@@ -209,6 +248,22 @@ class SteadyPgConnection(_DBAPI):
         self._poller.register(db.db.socket, WATCH)  # type: ignore[union-attr]
         self._transaction = False
         self._usage = 0
+        self._dirt &= ~TEMP  # the temporary objects went with the old session
+        self._cnx_if_clean = None if self._dirt else self._cnx
+        carry, self._carry = self._carry, None
+        if carry is not None:
+            carry.apply(db)
+        if self._channels:
+            self._listen_again(db)
+
+    def _listen_again(self, db: pg.DB) -> None:
+        """Within a checkout, a new session listens on the borrower's channels again."""
+        for channel in sorted(self._channels):
+            try:
+                db.query(f"LISTEN {channel}")
+            except pg.Error as exc:
+                self._channels.discard(channel)
+                self.logger.warning("LISTEN %s after a reopen failed: %s", channel, exc)
 
     def _fresh_password(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The connection arguments with the password read now from its callable source; the
@@ -273,12 +328,58 @@ class SteadyPgConnection(_DBAPI):
             self.close_wait = wait
 
     def reopen(self) -> None:
-        """Close the connection and open a new one (``setsession`` replayed, usage reset)."""
+        """Close the connection and open a new one (``setsession`` replayed, usage reset).
+
+        As with ``pg.DB.reopen()``, the new session listens on nothing; the client-side state
+        set on this connection (debug, typecasts, hooks) stays.
+        """
+        self._channels.clear()
         self._open_new()
+        self.fresh = False
 
     def reset(self) -> None:
-        """Reset the session: reconnect with the same parameters and replay ``setsession``."""
-        self._open_new()
+        """Reconnect with the same parameters, as ``pg.DB.reset()`` (libpq's ``PQreset``).
+
+        The ``pg.Connection`` object (``db``) stays the same and client-side state stays;
+        the server session is new: ``setsession`` is replayed, pg.DB's caches are flushed,
+        nothing is listened on. Under a server budget (:attr:`close_wait`), the old backend
+        is let go and waited for before a new connection is opened instead, so the budget
+        holds; ``db`` is then a new object.
+        """
+        db = self._live_db()
+        cnx = self._cnx
+        self._channels.clear()
+        if self.close_wait > 0 or self._dead or not self._cnx_ok(cnx):
+            self._open_new()
+            return
+        cnx.reset()
+        if not self._cnx_ok(cnx):
+            self._dead = True  # reopened (or reported) at the next call
+            raise ServerUnavailableError(
+                redact(f"reset() could not reconnect: {cnx.error.strip()}", self._secrets)
+            )
+        try:
+            self._prepare_session(db)  # closes db if it fails
+        except BaseException:
+            self._db, self._cnx, self._poller = None, None, None
+            self._reopen_pending = True  # a new connection at the next use
+            raise
+        borrower.flush_caches(db)
+        self._primed.clear()
+        self._dirt &= ~TEMP
+        self._poller = select.poll()
+        self._poller.register(cnx.socket, select.POLLIN)
+        self._transaction = False
+        self.fresh = False
+        self._usage = 0
+
+    @staticmethod
+    def _cnx_ok(cnx: Any) -> bool:
+        """libpq reports ``cnx`` usable (False when closed under us, as by ``db.db.close()``)."""
+        try:
+            return cnx is not None and bool(cnx.status)
+        except TypeError:  # "Connection is not valid": closed
+            return False
 
     @property
     def closed(self) -> bool:
@@ -311,16 +412,23 @@ class SteadyPgConnection(_DBAPI):
         return state
 
     def idle_on_server(self) -> bool:
-        """True when the connection is open and the server reports no transaction.
+        """True when the connection is open, the server reports no transaction, and the
+        borrower left nothing to clean (no LISTEN, temporary object or client-side change).
 
         Clears the ``begin()`` mark in that case (a raw ``COMMIT`` may have ended it), so the
         cheapest return path needs no round trip and no reset.
         """
-        cnx = self._cnx
-        if cnx is not None and cnx.transaction() == _TRANS_IDLE:
-            self._transaction = False
-            return True
-        return False
+        cnx = self._cnx_if_clean  # None when the borrower left something to clean
+        if cnx is None:
+            return False
+        try:
+            if cnx.transaction() != _TRANS_IDLE:
+                return False
+        except TypeError:  # closed under us (db.db.close()): not idle, and lost
+            return False
+        self._transaction = False
+        self.fresh = True
+        return True
 
     def reset_on_return(self, policy: ResetPolicy) -> bool:
         """Clean the session for the next borrower as ``policy`` says (I/O; raises on failure).
@@ -331,26 +439,102 @@ class SteadyPgConnection(_DBAPI):
         then would only put a warning in the server log.
         """
         cnx = self._cnx
-        if cnx is None or not cnx.status:
+        if not self._cnx_ok(cnx) or self._db is None:
             raise ConnectionLostError("the connection is closed or lost")
         state: int = cnx.transaction()
         if state in (_TRANS_ACTIVE, _TRANS_UNKNOWN):
             raise pg.OperationalError("a query is still running on the connection")
         in_transaction = state != _TRANS_IDLE
+        dirt, self._dirt = self._dirt, 0
+        if self._channels:
+            dirt |= UNLISTEN_ALL
+            self._channels.clear()
+        self._carry = None
+        if dirt & CLIENT and borrower.reset_client_state(self._db):
+            self._primed.clear()  # typecasts changed: resolve them again
         if policy is ResetPolicy.ROLLBACK_IF_NEEDED:
             if in_transaction:
                 self._ask("ROLLBACK")
+            if dirt & SESSION:
+                self._clean_session(cnx, dirt)
         elif policy is ResetPolicy.ROLLBACK:
             self._ask("ROLLBACK" if in_transaction else "SELECT")
+            if dirt & SESSION:
+                self._clean_session(cnx, dirt)
         elif policy is ResetPolicy.DISCARD:
             if in_transaction:
                 self._ask("ROLLBACK")
-            self._ask("DISCARD ALL")
+            self._ask("DISCARD ALL")  # UNLISTEN * and DISCARD TEMP among the rest
+            borrower.drain_notifications(cnx)
+            self.flush_caches()
             self.replay_session()
         else:
             self.reopen()
+        if dirt & SCHEMA and policy is not ResetPolicy.DISCARD:
+            self.flush_caches()  # the next borrower's pg.DB knows nothing of the old schema
         self._transaction = False
+        self.fresh = True
+        self._cnx_if_clean = self._cnx
         return in_transaction
+
+    def _clean_session(self, cnx: Any, dirt: int) -> None:
+        """Undo the borrower's LISTENs and temporary objects (one round trip) and drop the
+        notifications it did not read."""
+        statements = []
+        if dirt & UNLISTEN_ALL:
+            statements.append("UNLISTEN *")
+        if dirt & TEMP:
+            statements.append("DISCARD TEMP")
+        if statements:
+            cnx.query("; ".join(statements))
+        if dirt & (LISTENED | UNLISTEN_ALL):
+            # Sent before the UNLISTEN was done, they arrived with its reply (or earlier).
+            borrower.drain_notifications(cnx)
+        if dirt & TEMP:
+            self.flush_caches()  # the caches may describe the temporary tables just dropped
+
+    def flush_caches(self) -> None:
+        """Forget what pg.DB cached about the session (columns, keys, privileges, types).
+
+        Done whenever the server session changes under the same pg.DB (``DISCARD``, a
+        ``reset()``, a borrower's temporary objects dropped): the next borrower's ``insert()``
+        or ``get()`` never uses the columns of a table that is gone. No I/O: built-in types
+        come back without a round trip.
+        """
+        db = self._db
+        if db is not None:
+            borrower.flush_caches(db)
+        self._primed.clear()
+
+    # -- what a borrower does (noted by the pool's proxy) ----------------------------------
+
+    def note_statement(self, command: str, utility: bool = True) -> None:
+        """Note LISTEN/UNLISTEN, temporary objects and schema changes in ``command`` (no I/O).
+
+        ``utility``: it returned neither rows nor a count (see borrower.scan_statement).
+        """
+        dirt = borrower.scan_statement(command, self._channels, utility)
+        if dirt:
+            self._dirt |= dirt
+            self._cnx_if_clean = None
+
+    def note_client_change(self, dirt: int = CLIENT) -> None:
+        """The borrower changed client-side state (or had the raw connection): clean it on
+        return, carry it over a reopen. The resolved typecasts are checked again."""
+        self._dirt |= dirt
+        self._cnx_if_clean = None
+        self._primed.clear()
+
+    @property
+    def debug(self) -> Any:
+        """pg.DB's ``debug`` (a format string, file, callable or true value prints queries)."""
+        return self._live_db().debug
+
+    @debug.setter
+    def debug(self, value: Any) -> None:
+        self._live_db().debug = value
+        self._dirt |= CLIENT
+        self._cnx_if_clean = None
 
     def prime_types(self, result: object) -> None:
         """Look up now every type that reading ``result`` could make PyGreSQL look up later.
@@ -389,8 +573,7 @@ class SteadyPgConnection(_DBAPI):
 
     def is_lost(self) -> bool:
         """True when libpq reports the connection broken (no round trip is made)."""
-        cnx = self._cnx
-        return cnx is None or self._dead or not cnx.status
+        return self._dead or not self._cnx_ok(self._cnx)
 
     def ping(self) -> bool:
         """One round trip (``SELECT``), waiting at most :attr:`probe_timeout`; False if the
@@ -452,6 +635,7 @@ class SteadyPgConnection(_DBAPI):
 
     def _run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call ``func(pg.DB, *args, **kwargs)`` with reopen-and-retry outside transactions."""
+        self.fresh = False
         db = self._live_db()
         state = self._cnx.transaction()
         if state == _TRANS_IDLE and not self._transaction:

@@ -26,7 +26,7 @@ _KEPT_BASES: dict[str, tuple[type, ...]] = {
     "PoolTimeoutError": (pgregistry.PooledPgError,),
     "PoolClosedError": (pgregistry.PooledPgError,),
     "TooManyConnectionsError": (pgregistry.PooledPgError,),
-    "InvalidConnectionError": (pgregistry.PooledPgError,),
+    "InvalidConnectionError": (pgregistry.PooledPgError, pg.InternalError),
 }
 
 

@@ -16,11 +16,13 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,8 +35,9 @@ TESTS = [
     "test_classic.py",
     "test_tutorial.py::TestClassicTutorial",
 ]
-# Targets of issue #12 (checked with --check only).
-TARGETS = {"default": 320, "discard": 340}
+# Passed tests each pooled mode must keep (checked with --check only): #12 asked for 320 and
+# 340 of PyGreSQL 6.2.3's; both modes pass all 340 that plain pg.DB passes.
+TARGETS = {"default": 340, "discard": 340}
 
 
 def fetch_tests(version: str) -> Path:
@@ -141,6 +144,16 @@ def _wait_while_progressing(process: subprocess.Popen[bytes], report: Path, limi
             return True
 
 
+def _cause(message: str) -> str:
+    """A failure message with its particulars (names, numbers, addresses) blanked out, so that
+    failures of one cause count together."""
+    cause = message.partition(": ")[2] or message
+    cause = re.sub(r"0x[0-9a-f]+", "0x…", cause)
+    cause = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", cause)
+    cause = re.sub(r"\b\d+\b", "N", cause)
+    return cause[:100]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -167,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{by['passed']} passed, {by['failed']} failed")
         print(f"{by['skipped']} skipped ({listed} by tools/pygresql_compat/skip.txt, "
               f"{by['skipped'] - listed} by PyGreSQL's own conditions)")
-        for nodeid, entry in sorted(tests.items()):
-            if entry["outcome"] == "failed":
-                print(f"FAILED {nodeid} - {entry['message']}")
+        failed = {nodeid: e for nodeid, e in tests.items() if e["outcome"] == "failed"}
+        if failed:
+            print("failures by cause:")
+            causes = Counter(_cause(entry["message"]) for entry in failed.values())
+            for cause, count in causes.most_common():
+                print(f"  {count:3d}  {cause}")
+        for nodeid, entry in sorted(failed.items()):
+            print(f"FAILED {nodeid} - {entry['message']}")
         if mode == "plain":
             ok = ok and by["failed"] == 0
         elif mode in TARGETS:
