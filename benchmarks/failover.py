@@ -265,8 +265,9 @@ def failover_run(scenario: str, subject: str, window: float) -> FailoverRun:
 
 
 def measure_failover(smoke: bool, repeats: int) -> Result:
-    """Measure 11: both scenarios for both pools, ``min(repeats, MAX_REPEATS)`` times each."""
-    repeats = max(1, min(repeats, MAX_REPEATS))
+    """Measure 11: both scenarios for both pools, ``min(repeats, MAX_REPEATS)`` times each
+    (once when ``smoke``)."""
+    repeats = 1 if smoke else max(1, min(repeats, MAX_REPEATS))
     window = WINDOW_QUICK if smoke else WINDOW_FULL
     result = Result(
         name="failover",
