@@ -20,7 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import failover
 import instructions
+import scaleout
 import storm
 from peers import (
     DRIVERS,
@@ -1112,6 +1114,17 @@ def measure_storm(ctx: Context) -> Result:
     )
 
 
+# --- 10. many processes; 11. failover (their own clusters) ----------------------------------
+
+
+def measure_scaleout(ctx: Context) -> Result:
+    return scaleout.measure_scaleout(ctx.plan.smoke, ctx.plan.repeats)
+
+
+def measure_failover(ctx: Context) -> Result:
+    return failover.measure_failover(ctx.plan.smoke, ctx.plan.repeats)
+
+
 MEASURES: dict[str, Callable[[Context], Result]] = {
     "checkout": measure_checkout,
     "registry": measure_registry,
@@ -1122,4 +1135,6 @@ MEASURES: dict[str, Callable[[Context], Result]] = {
     "tenants": measure_tenants,
     "instructions": measure_instructions,
     "storm": measure_storm,
+    "scaleout": measure_scaleout,
+    "failover": measure_failover,
 }
