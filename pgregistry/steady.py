@@ -478,20 +478,13 @@ class SteadyPgConnection(_DBAPI):
         return in_transaction
 
     def _clean_session(self, cnx: Any, dirt: int) -> None:
-        """Undo the borrower's LISTENs and temporary objects (one round trip) and drop the
-        notifications it did not read."""
-        statements = []
+        """Undo the borrower's LISTENs (one round trip) and drop the notifications it did not
+        read."""
         if dirt & UNLISTEN_ALL:
-            statements.append("UNLISTEN *")
-        if dirt & TEMP:
-            statements.append("DISCARD TEMP")
-        if statements:
-            cnx.query("; ".join(statements))
+            cnx.query("UNLISTEN *")
         if dirt & (LISTENED | UNLISTEN_ALL):
             # Sent before the UNLISTEN was done, they arrived with its reply (or earlier).
             borrower.drain_notifications(cnx)
-        if dirt & TEMP:
-            self.flush_caches()  # the caches may describe the temporary tables just dropped
 
     def flush_caches(self) -> None:
         """Forget what pg.DB cached about the session (columns, keys, privileges, types).
