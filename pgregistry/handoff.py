@@ -9,6 +9,7 @@ of a timeout, an exception or a signal loses a place or a connection (see :meth:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -30,9 +31,11 @@ LIMIT_LOG_INTERVAL = 60.0
 class Waiter:
     """A caller waiting for a connection. Its lock is held until something is handed over."""
 
-    __slots__ = ("gate", "looking", "result", "started")
+    __slots__ = ("abandoned", "gate", "looking", "result", "started")
 
     def __init__(self) -> None:
+        #: Set once its wait was undone (see HandOff._abandon): never undone twice.
+        self.abandoned = False
         self.gate = threading.Lock()
         self.gate.acquire()
         #: A Slot, OPEN (you may open a new connection in a place that holds its budget unit),
@@ -108,8 +111,7 @@ class HandOff(PoolState):
         kept: list[tuple[Slot, object]] = []
         with self._lock:
             for entry in self._held:
-                # Only the entry and getrefcount's own argument hold a released result.
-                (free if sys.getrefcount(entry[1]) <= 2 else kept).append(entry)
+                (free if _released(entry[1]) else kept).append(entry)
             if not free:
                 return
             self._held = kept
@@ -224,11 +226,19 @@ class HandOff(PoolState):
         return None
 
     def _abandon(self, waiter: Waiter) -> None:
-        """Undo a wait that an exception cut short, so no place or connection is lost."""
+        """Undo a wait that an exception cut short, so no place or connection is lost.
+
+        Safe to call more than once, and for a waiter that never got into the queue (a signal
+        can land anywhere between its creation and the wait).
+        """
         with self._lock:
+            if waiter.abandoned:
+                return
+            waiter.abandoned = True
             got = waiter.result
             if got is None:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
                 return
             if got is LOOK:
                 # It was asked to look for held connections: the next waiter does instead.
@@ -282,11 +292,15 @@ class HandOff(PoolState):
                     observer.on_checkin(time.monotonic() - slot.since)
                 except Exception:
                     self._observer_failed()
-            if self._rollback_if_needed and slot.conn.idle_on_server():
-                # The default policy on an idle, healthy connection: nothing to send.
-                keep = not self._closed
-            else:
-                keep = not self._closed and self._reset_on_return(slot)
+            try:
+                if self._rollback_if_needed and slot.conn.idle_on_server():
+                    # The default policy on an idle, healthy connection: nothing to send.
+                    keep = not self._closed
+                else:
+                    keep = not self._closed and self._reset_on_return(slot)
+            except BaseException:
+                self._drop(slot)  # interrupted (a signal) in the reset: close, free the place
+                raise
         if self._log_checkouts:
             self.logger.debug("pool %r: return (keep %s)", self.name, keep)
         now = time.monotonic()
@@ -376,3 +390,12 @@ class HandOff(PoolState):
         """``count`` places were freed and their connections closed: give back the budget."""
         if self._budget is not None and count:
             self._budget.release(count)
+
+
+def _released(held: object) -> bool:
+    """Whether the caller let go of a held result (or of every one of a list of them)."""
+    if type(held) is list:
+        # The list, the loop variable and getrefcount's argument: nobody else.
+        return all(sys.getrefcount(result) <= 3 for result in held)
+    # The held entry, this function's parameter and getrefcount's argument: nobody else.
+    return sys.getrefcount(held) <= 3

@@ -9,7 +9,8 @@ import random
 import time
 from typing import Any, Literal
 
-from .errors import PoolClosedError, PoolTimeoutError, ServerFullError, ServerUnavailableError
+from .conninfo import redact
+from .errors import PoolClosedError, ServerFullError
 from .handoff import PLACE, HandOff
 from .logs import RateLimit
 from .proxy import Slot
@@ -131,7 +132,7 @@ class Opening(HandOff):
             self._size += missing
             self._opening += missing
         opened: list[Slot] = []
-        error: ServerUnavailableError | PoolTimeoutError | None = None
+        error: BaseException | None = None
         budgeted = 0
         for _ in range(missing):
             try:
@@ -142,7 +143,7 @@ class Opening(HandOff):
                     )
                 budgeted += 1
                 opened.append(self._new_slot())
-            except (ServerUnavailableError, PoolTimeoutError) as exc:
+            except BaseException as exc:  # a setsession error or a signal too: no place is lost
                 error = exc
                 break
         with self._lock:
@@ -154,8 +155,9 @@ class Opening(HandOff):
         for slot in opened:
             self._checkin(slot, fresh=True)
         if error is not None:
-            if raise_errors:
-                self.close()
+            if raise_errors or not isinstance(error, Exception):
+                if raise_errors:
+                    self.close()
                 raise error
             failures = self._refill_failures.hit()
             if failures:  # a server that stays down would say this every second
@@ -163,7 +165,7 @@ class Opening(HandOff):
                     "pool %r: could not refill to mincached (%d time(s) since last said): %s",
                     self.name,
                     failures,
-                    error,
+                    redact(" ".join(str(error).split()), self._secrets),
                 )
 
     def _open_for_checkout(self, *, count: bool = False) -> Slot:

@@ -307,32 +307,43 @@ class PooledPg(Opening, Upkeep):
         # is what every request pays.
         observer = self._observer
         started = _perf() if observer is not None else 0.0
-        with self._lock:
-            if self._idle and not self._halted:
-                slot = self._idle.pop()
-                self._checkouts += 1
+        owned: Slot | None = None  # popped here and not yet in a proxy (see the except)
+        try:
+            with self._lock:
+                if self._idle and not self._halted:
+                    owned = self._idle.pop()
+                    self._checkouts += 1
+            if owned is None:
+                slot = self._checkout_slow()
+                if slot is None:  # a connection came back between the two locks: take it
+                    return self.connection()
+                owned = slot
             else:
-                slot = None
-        if slot is None:
-            slot = self._checkout_slow()
-            if slot is None:  # a connection came back between the two locks: take it
-                return self.connection()
-        else:
-            now = _monotonic()
-            if now >= slot.expires_at or now - slot.since > self._ping_window:
-                slot = self._refresh(slot, now)
-            if self._check_role and not slot.conn.role_ok():
-                slot = self._replace(slot, Counter.WRONG_ROLE)
-            slot.since = now
-            if self._leak_threshold:
-                self._track(slot)
-        if self._log_checkouts:
-            self.logger.debug("pool %r: checkout", self.name)
-        proxy = _new_proxy(PooledPgConnection)
-        proxy._pool = self
-        proxy._slot = slot
-        proxy._con = slot.conn
-        proxy._result = None
+                slot = owned
+                now = _monotonic()
+                if now >= slot.expires_at or now - slot.since > self._ping_window:
+                    owned = None  # _refresh gives it back itself if it fails
+                    owned = slot = self._refresh(slot, now)
+                if self._check_role and not slot.conn.role_ok():
+                    owned = None
+                    owned = slot = self._replace(slot, Counter.WRONG_ROLE)
+                slot.since = now
+                if self._leak_threshold:
+                    self._track(slot)
+            if self._log_checkouts:
+                self.logger.debug("pool %r: checkout", self.name)
+            proxy = _new_proxy(PooledPgConnection)
+            proxy._pool = self
+            proxy._con = slot.conn
+            proxy._result = None
+            proxy._slot = slot
+            owned = None  # the proxy gives it back from here on
+        except BaseException:
+            if owned is not None:  # interrupted (a signal) before the proxy had it
+                with self._lock:
+                    self._checkouts -= 1
+                self._checkin(owned, fresh=True)
+            raise
         if observer is not None:
             try:  # inline, not _notify(): this is on the path of every checkout
                 observer.on_checkout(_perf() - started)
@@ -392,49 +403,60 @@ class PooledPg(Opening, Upkeep):
         if paused:
             self._wait_for_resume()
             return None  # resumed: look again from the start
-        with self._lock:
-            if self._closed:
-                raise PoolClosedError(f"pool {self.name!r} is closed")
-            if self._idle:
-                return None
-            below_limit = not self._maxconnections or self._size < self._maxconnections
-            if below_limit and (not self._blocking or not self._opening):
-                self._size += 1
-                self._opening += 1
-            elif below_limit:
-                # Grow one connection at a time: an open is under way, so wait for it, or for
-                # a connection to come back, whichever is first. A burst of callers on a cold
-                # pool then opens only what the load needs, not one connection per caller.
-                waiter = Waiter()
-                self._waiters.append(waiter)
-                waiter.looking = bool(self._held)
-            else:
-                if not self._blocking:
-                    self._counts[Counter.REFUSED] += 1
-                    message = self._too_many_message()
-                else:
+        reserved = False
+        try:
+            with self._lock:
+                if self._closed:
+                    raise PoolClosedError(f"pool {self.name!r} is closed")
+                if self._idle:
+                    return None
+                below_limit = not self._maxconnections or self._size < self._maxconnections
+                if below_limit and (not self._blocking or not self._opening):
+                    self._size += 1
+                    self._opening += 1
+                    reserved = True
+                elif below_limit:
+                    # Grow one connection at a time: an open is under way, so wait for it, or for
+                    # a connection to come back, whichever is first. A burst of callers on a cold
+                    # pool then opens only what the load needs, not one connection per caller.
                     waiter = Waiter()
                     self._waiters.append(waiter)
-                    # Connections held by results come back without being returned: with
-                    # some held already, this waiter looks for them itself.
                     waiter.looking = bool(self._held)
-                limit_hits = self._count_limit_hit()
-        self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
-        if limit_hits:
-            # Waiting at the limit is a blocking pool doing its job: INFO. Refusing callers
-            # (blocking off) is an error for them: WARNING. Timeouts warn on their own.
-            self.logger.log(
-                logging.INFO if self._blocking else logging.WARNING,
-                "pool %r: maxconnections (%d) reached %d time(s) since last said; callers %s",
-                self.name,
-                self._maxconnections,
-                limit_hits,
-                "wait (blocking)" if self._blocking else "get TooManyConnectionsError",
-            )
-        if message:
-            raise TooManyConnectionsError(message)
-        # A waiter's checkout was counted by whoever handed it the connection (see _hand_over).
-        got = PLACE if waiter is None else self._wait(waiter)
+                else:
+                    if not self._blocking:
+                        self._counts[Counter.REFUSED] += 1
+                        message = self._too_many_message()
+                    else:
+                        waiter = Waiter()
+                        self._waiters.append(waiter)
+                        # Connections held by results come back without being returned: with
+                        # some held already, this waiter looks for them itself.
+                        waiter.looking = bool(self._held)
+                    limit_hits = self._count_limit_hit()
+            self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
+            if limit_hits:
+                # Waiting at the limit is a blocking pool doing its job: INFO. Refusing callers
+                # (blocking off) is an error for them: WARNING. Timeouts warn on their own.
+                self.logger.log(
+                    logging.INFO if self._blocking else logging.WARNING,
+                    "pool %r: maxconnections (%d) reached %d time(s) since last said; callers %s",
+                    self.name,
+                    self._maxconnections,
+                    limit_hits,
+                    "wait (blocking)" if self._blocking else "get TooManyConnectionsError",
+                )
+            if message:
+                raise TooManyConnectionsError(message)
+            # A waiter's checkout was counted by whoever handed it the connection (see _hand_over).
+            got = PLACE if waiter is None else self._wait(waiter)
+        except BaseException:
+            # Whatever stopped it (a timeout, a signal-raised exception anywhere above), no
+            # queued waiter and no reserved place is left behind.
+            if waiter is not None:
+                self._abandon(waiter)
+            elif reserved:
+                self._give_up_place()
+            raise
         if got is PLACE:
             if self._budget is not None:
                 try:
@@ -527,6 +549,10 @@ class PooledPg(Opening, Upkeep):
             for waiter in waiters:
                 waiter.give(CLOSED)
         self._resumed.set()  # paused callers wake and see the pool closed
+        if self._held:
+            # Results released since: their connections close now (the pool is closed).
+            # Those still referenced close when the pool object is collected.
+            self._release_held()
         for slot in idle:
             self._close_slot(slot)
         self._freed(len(idle))
@@ -542,7 +568,12 @@ class PooledPg(Opening, Upkeep):
 
     @property
     def busy(self) -> bool:
-        """True while connections are checked out (or being opened) or callers wait."""
+        """True while connections are checked out (or being opened) or callers wait.
+
+        Connections held by results that have since been released are given back first.
+        """
+        if self._held:
+            self._release_held()
         with self._lock:
             return self._size > len(self._idle) or bool(self._waiters)
 

@@ -84,33 +84,47 @@ class PooledPgConnection(_DBAPI):
         is read), the connection stays out of the pool until that result is released: it is
         never lent to anyone else while it can still be read, and never closed under it.
         """
-        slot = self._slot
-        if slot is None:
+        if self._slot is None:
             raise InvalidConnectionError(
                 f"connection of pool {self._pool.name!r} was already returned to the pool"
             )
-        # _give_back() inlined: this is every checkout's return path.
-        self._slot = self._con = None
-        result = self._result
-        if result is not None:
-            self._result = None
-            if _refcount(result) > 2:
-                self._pool._hold(slot, result)
-                return
-        self._pool._checkin(slot)
+        self._give_back()
 
     def _give_back(self) -> None:
         slot = self._slot
-        if slot is not None:
+        if slot is None:
+            return
+        pool = self._pool
+        try:
             self._slot = self._con = None
             result = self._result
             if result is not None:
                 self._result = None
+                if type(result) is list:  # results kept past later queries (see _note_result)
+                    held = [kept for kept in result if _refcount(kept) > 3]
+                    if held:
+                        pool._hold(slot, held)
+                        return
                 # Beyond `result` here and the argument of getrefcount, someone holds it.
-                if _refcount(result) > 2:
-                    self._pool._hold(slot, result)
+                elif _refcount(result) > 2:
+                    pool._hold(slot, result)
                     return
-            self._pool._checkin(slot)
+        except BaseException:
+            pool._checkin(slot)  # interrupted (a signal) before it was handed on
+            raise
+        pool._checkin(slot)
+
+    def _note_result(self, result: Any) -> None:
+        """Remember ``result`` as the last one; keep an earlier one the caller still holds."""
+        last = self._result
+        if last is None:
+            self._result = result
+        elif type(last) is list:
+            last.append(result)
+        elif _refcount(last) > 3:  # `last`, self._result and the argument: someone else too
+            self._result = [last, result]
+        else:
+            self._result = result
 
     def reopen(self) -> None:
         """Open a new connection, as ``pg.DB.reopen()``: a new server session.
@@ -156,7 +170,10 @@ class PooledPgConnection(_DBAPI):
             con = self._live()
         result = con.query(command, *args)
         if type(result) is _Query:  # not the str or None of other statements
-            self._result = result
+            if self._result is None:
+                self._result = result
+            else:
+                self._note_result(result)
             con.prime_types(result)
         else:  # LISTEN, CREATE return None, CREATE TEMP .. AS a count: noted for the return
             con.note_statement(command, result is None)
@@ -166,7 +183,7 @@ class PooledPgConnection(_DBAPI):
         con = self._live()
         result = con.query_formatted(*args, **kwargs)
         if type(result) is _Query:
-            self._result = result
+            self._note_result(result)
             con.prime_types(result)
         else:
             command = args[0] if args else kwargs.get("command")
@@ -178,7 +195,7 @@ class PooledPgConnection(_DBAPI):
         con = self._live()
         result = con.query_prepared(name, *args)
         if type(result) is _Query:
-            self._result = result
+            self._note_result(result)
             con.prime_types(result)
         return result
 

@@ -145,7 +145,14 @@ class Upkeep(PoolState):
         return found
 
     def oldest_idle_since(self) -> float | None:
-        """When the longest-idle connection went idle (monotonic), None if none is idle."""
+        """When the longest-idle connection went idle (monotonic), None if none is idle.
+
+        Connections held by results that have since been released are given back first: a
+        server budget looking for one to close must see them (they would otherwise wait for
+        this pool's next checkout or upkeep round).
+        """
+        if self._held:
+            self._release_held()
         idle = self._idle
         try:
             return idle[0].since
