@@ -314,6 +314,14 @@ def parse_uri(text: str) -> dict[str, str]:
         if ch in "@/":
             at = i
             break
+    if at < len(rest) and rest[at] == "/" and "@" in re.split(r"[?#]", rest[at:], maxsplit=1)[0]:
+        # libpq would end the authority at the "/" of a password such as "S3cr/et": the
+        # password's head would be shown as host and port, its tail in the database name.
+        raise ConninfoError(
+            'the URI has an "@" after its first "/", so user, password and host cannot be told '
+            'apart; percent-encode "/" in the password as %2F (and "@" in a database name as '
+            "%40)"
+        )
     if at < len(rest) and rest[at] == "@":
         userinfo, rest = rest[:at], rest[at + 1 :]
         authority = re.split(r"[/?]", rest, maxsplit=1)[0]

@@ -84,15 +84,38 @@ _SERVER_ENDED = re.compile(
 )
 
 
-def ended_by_server(exc: Exception) -> bool:
+def ended_by_server(
+    exc: Exception, func: Callable[..., Any] | None = None, args: tuple[Any, ...] = ()
+) -> bool:
     """True when the call failed in a way that shows its statement did not run.
 
-    Either the server said it ended the session (see :data:`_SERVER_ENDED`), or PyGreSQL
-    failed before sending: its ``LookupError('unknown encoding: ')`` comes from encoding the
-    statement for a connection libpq already knows is gone (an earlier step of the same
-    ``pg.DB`` method met the loss).
+    Either PyGreSQL failed before sending: its ``LookupError('unknown encoding: ')`` comes
+    from encoding the statement for a connection libpq already knows is gone (an earlier step
+    of the same ``pg.DB`` method met the loss). Or the server said it ended the session (see
+    :data:`_SERVER_ENDED`) while running a statement that cannot have committed part of its
+    work first: that aborted it whole. A procedure (``CALL``), a ``DO`` block or a string of
+    several statements can each commit before the end, so for them the outcome is unknown.
     """
-    return isinstance(exc, LookupError) or bool(_SERVER_ENDED.search(str(exc)))
+    if isinstance(exc, LookupError):
+        return True
+    if not _SERVER_ENDED.search(str(exc)):
+        return False
+    return func is None or not _may_commit_part(func, args)
+
+
+# A statement that can commit part of its work before it ends: CALL (a procedure's COMMIT), DO,
+# or a string of several statements (an implicit transaction ended by a COMMIT among them).
+_STARTS_COMMITTING = re.compile(r"\s*(call|do)\b", re.IGNORECASE)
+_SEVERAL = re.compile(r";\s*\S")
+
+
+def _may_commit_part(func: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+    if func not in (pg.DB.query, pg.DB.query_formatted):
+        return False  # pg.DB's own methods and prepared statements: one plain statement each
+    command = args[0] if args else None
+    if not isinstance(command, str):
+        return True  # cannot tell: assume the worst
+    return bool(_STARTS_COMMITTING.match(command) or _SEVERAL.search(command))
 
 
 def cause(exc: Exception) -> Exception | None:

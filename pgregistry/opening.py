@@ -102,9 +102,8 @@ class Opening(HandOff):
         behind one. One round trip, once per pool. Said once, at INFO, with what it means.
         """
         try:
-            raw: Any = conn.db  # the libpq connection: this use must not count for maxusage
-            server_pid = raw.query("SELECT pg_backend_pid()").getresult()[0][0]
-            pooled = server_pid != raw.backend_pid
+            server_pid = conn.server_pid()  # not a call of the caller's: maxusage ignores it
+            pooled = server_pid != conn.backend_pid
         except Exception:
             return  # not worth failing an open for; the next open asks again
         self.pooler_detected = pooled
@@ -115,7 +114,7 @@ class Opening(HandOff):
                 "(SET, LISTEN, temporary tables, prepared statements, advisory locks) does not "
                 "stay with a connection between transactions%s",
                 self.name,
-                raw.backend_pid,
+                conn.backend_pid,
                 server_pid,
                 '; declare it with server_pooling = "transaction" (or "session") so the '
                 "pool refuses what cannot work there"

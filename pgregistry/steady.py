@@ -74,6 +74,13 @@ _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 _log = logging.getLogger("pgregistry.connection")
 
 _READ_ONLY_SQL_TRANSACTION = "25006"
+# How often a new connection is opened again when it is lost while its setsession runs.
+_SESSION_ATTEMPTS = 3
+
+
+class _SessionLost(Exception):
+    """A new connection died while its setsession ran (the message is redacted)."""
+
 
 # Every live steady connection, so that a forked child can cut itself off from the parent's
 # sockets (see _after_fork_in_child).
@@ -199,14 +206,32 @@ class SteadyPgConnection(_DBAPI):
         self._prepare_session(self._live_db())
 
     def _prepare_session(self, db: pg.DB) -> None:
-        """Run setsession on a fresh connection; close it and raise if that fails."""
+        """Run setsession on a fresh connection; close it and raise if that fails.
+
+        Each statement waits at most :attr:`probe_timeout` for its answer (a frozen server
+        would otherwise hold the open forever). :class:`_SessionLost` when the connection died
+        under it (a killed backend): nothing of the caller's was sent, so the open can be
+        tried again.
+        """
         setsession = self._setsession
         try:
             if callable(setsession):
                 setsession(db)
-            else:
+            elif setsession:
+                poller = select.poll()
+                poller.register(db.db.socket, WATCH)  # type: ignore[union-attr]
                 for statement in setsession:
-                    db.query(statement)
+                    if ask(db.db, poller, statement, self.probe_timeout) is None:
+                        raise ServerUnavailableError(
+                            f"no answer from the server within {self.probe_timeout:g} s "
+                            "(connect_timeout) to a setsession statement of a new connection"
+                        )
+        except Exception as exc:
+            lost = db.db is not None and not db.db.status
+            _close_quietly(db)
+            if lost:
+                raise _SessionLost(redact(" ".join(str(exc).split()), self._secrets)) from None
+            raise
         except BaseException:
             _close_quietly(db)
             raise
@@ -226,20 +251,30 @@ class SteadyPgConnection(_DBAPI):
             self._db, self._cnx, self._poller = None, None, None
             self._reopen_pending = True
             self._let_go(old)
-        args, kwargs = self._args, self._kwargs
-        if self._password_source:
-            args, kwargs = self._fresh_password()
-        db = open_db(
-            args,
-            kwargs,
-            secrets=self._secrets,
-            reconnect_timeout=self._reconnect_timeout,
-            logger=self.logger,
-        )
-        # A type cache that remembers built-in types (a new pg.DB has fresh caches anyway).
-        db.dbtypes = PooledDbTypes(db, self._type_rows)
-        db.db.set_cast_hook(db.dbtypes.typecast)  # type: ignore[union-attr]
-        self._prepare_session(db)
+        for attempt in range(1, _SESSION_ATTEMPTS + 1):
+            args, kwargs = self._args, self._kwargs
+            if self._password_source:
+                args, kwargs = self._fresh_password()
+            db = open_db(
+                args,
+                kwargs,
+                secrets=self._secrets,
+                reconnect_timeout=self._reconnect_timeout,
+                logger=self.logger,
+            )
+            # A type cache that remembers built-in types (a new pg.DB has fresh caches anyway).
+            db.dbtypes = PooledDbTypes(db, self._type_rows)
+            db.db.set_cast_hook(db.dbtypes.typecast)  # type: ignore[union-attr]
+            try:
+                self._prepare_session(db)
+                break
+            except _SessionLost as lost:
+                # Killed while its setsession ran: nothing of the caller's was sent. Again.
+                if attempt == _SESSION_ATTEMPTS:
+                    raise ServerUnavailableError(
+                        f"a new connection was lost {attempt} times while its setsession "
+                        f"ran: {lost}"
+                    ) from None
         self._db, self._cnx = db, db.db
         self._reopen_pending = False
         self._primed = set()
@@ -557,7 +592,18 @@ class SteadyPgConnection(_DBAPI):
                         dbtypes.get_typecast(typ.pgtype)  # resolves arrays, records, nested
                 primed.add(oid)
         except Exception:
-            pass  # best effort: reading the result will report any real problem
+            cnx = self._cnx
+            if cnx is not None and not cnx.status:
+                # Killed right after the statement: its result needs types that can no longer
+                # be looked up (PyGreSQL would fail in getresult() with a LookupError).
+                self._event(Counter.LOST)
+                self._dead = True
+                raise ConnectionLostError(
+                    "connection lost right after the statement completed (it ran: a write is "
+                    "committed), before the types of its result could be read; the connection "
+                    "is reopened at its next use"
+                ) from None
+            # Otherwise best effort: reading the result will report any real problem.
 
     def role_ok(self) -> bool:
         """True unless the server now reports a role the target does not accept (no round
@@ -579,14 +625,15 @@ class SteadyPgConnection(_DBAPI):
             return False
         return True
 
-    def _ask(self, sql: str) -> None:
+    def _ask(self, sql: str) -> list[Any]:
         """Run ``sql`` (a pool's own statement), waiting at most :attr:`probe_timeout` for it.
 
         A server that stops answering with the connection still open (a frozen process, a
         stalled network path the kernel still acknowledges) would hold a plain query forever;
         past the deadline the connection is taken for lost, let go, and reopened at next use.
         """
-        if not ask(self._cnx, self._poller, sql, self.probe_timeout):
+        results = ask(self._cnx, self._poller, sql, self.probe_timeout)
+        if results is None:
             old, self._db, self._cnx, self._poller = self._db, None, None, None
             self._reopen_pending = self._dead = True
             if old is not None:
@@ -596,6 +643,14 @@ class SteadyPgConnection(_DBAPI):
                 f"no answer from the server within {self.probe_timeout:g} s (connect_timeout) "
                 f"to {sql.split()[0]}; the connection is closed"
             )
+        return results
+
+    def server_pid(self) -> int:
+        """``pg_backend_pid()`` as the server answers it (one round trip, bounded like a ping):
+        it differs from libpq's ``backend_pid`` when a pooler such as PgBouncer is in between.
+        """
+        pid: int = self._ask("SELECT pg_backend_pid()")[0][0][0]
+        return pid
 
     def __del__(self) -> None:
         try:
@@ -690,7 +745,11 @@ class SteadyPgConnection(_DBAPI):
                 "connection to the server lost inside a transaction: it was rolled back; end "
                 "it with rollback()"
             ) from cause(exc)
-        in_flight = state != _TRANS_UNKNOWN and self._retry != "always" and not ended_by_server(exc)
+        in_flight = (
+            state != _TRANS_UNKNOWN
+            and self._retry != "always"
+            and not ended_by_server(exc, func, args)
+        )
         if ends == "rollback" or not self._retry or in_flight:
             # No second run: reopen now if the server answers, else before the next call.
             self._dead = True

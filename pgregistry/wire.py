@@ -76,28 +76,33 @@ def wait_for_eof(fd: int, timeout: float) -> None:
         os.close(fd)
 
 
-def ask(cnx: Any, poller: Any, sql: str, timeout: float) -> bool:
+def ask(cnx: Any, poller: Any, sql: str, timeout: float) -> list[Any] | None:
     """Run ``sql`` on ``cnx``, waiting at most ``timeout`` seconds for the answer to begin.
 
     Sent without waiting (``send_query``), the answer is awaited on the socket (``poller``,
-    registered for reading). False when none came in time: the connection must then be taken
-    for lost. An SQL error is raised once the whole answer has been read.
+    registered for reading). Returns what each statement of ``sql`` gave (rows, or PyGreSQL's
+    status text), or None when no answer came in time: the connection must then be taken for
+    lost. An SQL error is raised once the whole answer has been read.
     """
     query = cnx.send_query(sql)
     if not poller.poll(timeout * 1000):
-        return False
+        return None
+    results: list[Any] = []
     error: Exception | None = None
     while True:
         try:
-            if query.getresult() is None:
-                break
+            result = query.getresult()
         except Exception as exc:  # keep reading to the end of the answer, then raise
             if error is not None or not cnx.status:
                 raise
             error = exc
+            continue
+        if result is None:
+            break
+        results.append(result)
     if error is not None:
         raise error
-    return True
+    return results
 
 
 def cut_off(connections: list[Any]) -> None:

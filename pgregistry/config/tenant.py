@@ -211,9 +211,10 @@ class TenantSettings(PoolSettings):
             or "\x00" in key
             or re.fullmatch(self.tenant_pattern, key) is None
         ):
-            shown = repr(key) if not isinstance(key, str) or len(key) <= 40 else repr(key[:37])
-            if isinstance(key, str) and len(key) > 40:
-                shown += f"... ({len(key)} characters)"
+            if isinstance(key, str):
+                shown = repr(key) if len(key) <= 40 else f"{key[:37]!r}... ({len(key)} characters)"
+            else:  # never the whole of it: it may be huge
+                shown = f"of type {type(key).__name__}, not str"
             raise InvalidTenantError(
                 f"tenant template {self.name!r}: invalid tenant key {shown}; a key must match "
                 f"{self.tenant_pattern} and have at most {self.tenant_max_length} characters"
