@@ -28,6 +28,7 @@ A leaf: it uses only :mod:`pgregistry.sql`, :mod:`pgregistry.conninfo` and
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -35,7 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeAlias
 
+import pg
+
 from .conninfo import ConninfoError, build_conninfo, is_conninfo, parse_conninfo, redact
+from .errors import PoolerUnsupportedError
 from .policies import ResetPolicy, parse_reset
 from .sql import quoted_spans
 
@@ -589,3 +593,61 @@ class _Prefixed:
 
     def __repr__(self) -> str:
         return f"<setsession {self.statement!r}, then {self.then!r}>"
+
+
+# A LISTEN or UNLISTEN statement (see behind_transaction_pooler).
+_LISTENS = re.compile(r"\s*(listen|unlisten)\b", re.IGNORECASE)
+
+
+def _carried_or_refused(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``method`` with a prepared statement the transaction pooler lost reported clearly."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except pg.Error as exc:
+            if getattr(exc, "sqlstate", None) != "26000":
+                raise
+            raise PoolerUnsupportedError(
+                f"{name}(): the prepared statement is not on the server connection the "
+                "transaction pooler picked (PgBouncer before 1.21, or max_prepared_statements "
+                "= 0); use query() with parameters, or PgBouncer 1.21+ with "
+                "max_prepared_statements"
+            ) from exc
+
+    return call
+
+
+def refuse_what_breaks(conn: Any) -> None:
+    """Make the steady connection ``conn`` raise a clear :class:`PoolerUnsupportedError` for
+    what breaks behind a transaction pooler, instead of a confusing server error or a silent
+    loss.
+
+    ``LISTEN``/``UNLISTEN`` and ``delete_prepared()`` (SQL ``DEALLOCATE``, which PgBouncer
+    does not track) are refused before anything is sent; a prepared statement the pooler
+    did not carry to this server connection (SQLSTATE 26000, PgBouncer before 1.21 or
+    without ``max_prepared_statements``) is reported as such. Only this connection's
+    methods change: other pools pay nothing.
+    """
+    query = conn.query
+
+    def guarded_query(command: str, *args: Any) -> Any:
+        if isinstance(command, str) and _LISTENS.match(command):
+            raise PoolerUnsupportedError(
+                f"{command.split()[0].upper()} behind a transaction pooler "
+                '(server_pooling = "transaction"): notifications go to whichever server '
+                "connection the pooler picks; use a direct pool for listeners"
+            )
+        return query(command, *args)
+
+    def refused_delete_prepared(name: str | None = None) -> Any:
+        raise PoolerUnsupportedError(
+            "delete_prepared() behind a transaction pooler: it sends SQL DEALLOCATE, which "
+            "PgBouncer does not track; let prepared statements end with the connection"
+        )
+
+    conn.query = guarded_query
+    conn.delete_prepared = refused_delete_prepared
+    for name in ("query_prepared", "describe_prepared"):
+        setattr(conn, name, _carried_or_refused(getattr(conn, name), name))

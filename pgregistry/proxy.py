@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pg
 
 from .borrower import RAW
+from .callpath import api_method_names
 from .errors import InvalidConnectionError
 from .leak import Frame
-from .steady import SteadyPgConnection, api_method_names
+from .steady import SteadyPgConnection
 
 if TYPE_CHECKING:
     from .pool import PooledPg

@@ -19,10 +19,8 @@ no caller ever sees that: it becomes a reopen, or a :class:`~pgregistry.Connecti
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
-import re
 import select
 import sys
 import threading
@@ -43,6 +41,7 @@ from .borrower import (
     ClientState,
     PooledDbTypes,
 )
+from .callpath import CallPath, install_wrappers
 from .connect_args import (
     SetSession,
     check_connect_args,
@@ -56,15 +55,14 @@ from .connector import open_db
 from .conninfo import redact
 from .errors import (
     ConnectionLostError,
-    InvalidConnectionError,
-    PoolerUnsupportedError,
     ServerUnavailableError,
 )
-from .failures import cause, ended_by_server, ending_statement, lost_error
 from .policies import ResetPolicy
+from .pooling import refuse_what_breaks
+from .priming import prime_types
 from .roles import required_role, server_has_role
 from .stats import Counter
-from .wire import WATCH, ask, cut_off, ended_on_server, wait_for_eof
+from .wire import WATCH, ask, cut_off, wait_for_eof
 
 __all__ = ["SetSession", "SteadyPgConnection"]
 
@@ -73,7 +71,6 @@ _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
 _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
 _log = logging.getLogger("pgregistry.connection")
 
-_READ_ONLY_SQL_TRANSACTION = "25006"
 # How often a new connection is opened again when it is lost while its setsession runs.
 _SESSION_ATTEMPTS = 3
 
@@ -96,7 +93,7 @@ else:
     _DBAPI = object
 
 
-class SteadyPgConnection(_DBAPI):
+class SteadyPgConnection(CallPath, _DBAPI):
     """A hardened ``pg.DB``: transparent reopen outside transactions, ``maxusage``, ``setsession``.
 
     ``SteadyPgConnection(maxusage=None, setsession=None, closeable=False, *args, **kwargs)``
@@ -565,32 +562,15 @@ class SteadyPgConnection(_DBAPI):
         self._cnx_if_clean = None
 
     def prime_types(self, result: object) -> None:
-        """Look up now every type that reading ``result`` could make PyGreSQL look up later.
-
-        PyGreSQL fetches a type's description (and, for composites, their fields' types, for
-        arrays their element type, recursively) from the server the first time a connection
-        meets it, and it does so while the result is being read. A read that needs the server
-        can then hit a connection lent to someone else, or one killed meanwhile
-        (``TypeError: Invalid type``). Resolving the typecasts right after the query, while
-        the connection is surely ours and alive, leaves reading nothing to ask the server.
-        Types seen before cost two set lookups.
+        """Look up now every type that reading ``result`` could make PyGreSQL look up later
+        (see :func:`pgregistry.priming.prime_types`): the one-line use stays typed and never
+        touches a connection lent again.
         """
         db = self._db
         if db is None or type(result) is not pg.Query:
             return
-        primed = self._primed
         try:
-            fields: Any = result.fieldinfo()  # type: ignore[call-arg]  # column is optional
-            for field in fields:
-                oid = field[1]
-                if oid in primed:
-                    continue
-                if oid not in _NATIVE_TYPES:
-                    dbtypes = db.dbtypes
-                    typ = dbtypes.get(oid)
-                    if typ is not None:
-                        dbtypes.get_typecast(typ.pgtype)  # resolves arrays, records, nested
-                primed.add(oid)
+            prime_types(db, result, self._primed)
         except Exception:
             cnx = self._cnx
             if cnx is not None and not cnx.status:
@@ -663,176 +643,6 @@ class SteadyPgConnection(_DBAPI):
         state = "closed" if self._db is None else ("lost" if self.is_lost() else "open")
         return f"<SteadyPgConnection {state} usage={self._usage} transaction={self._transaction}>"
 
-    # -- the call path ------------------------------------------------------------------------
-
-    def _live_db(self) -> pg.DB:
-        db = self._db
-        if db is None:
-            if not self._reopen_pending:
-                raise InvalidConnectionError(
-                    "the connection is closed; call reopen() to use it again"
-                )
-            # A replacement that failed to open (the old backend was let go first): try again.
-            if self._dead:
-                self._reopen_after_loss()
-            else:
-                self._open_new()
-            db = self._db
-            assert db is not None
-        return db
-
-    def _run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Call ``func(pg.DB, *args, **kwargs)`` with reopen-and-retry outside transactions."""
-        self.fresh = False
-        db = self._live_db()
-        state = self._cnx.transaction()
-        if state == _TRANS_IDLE and not self._transaction:
-            if self._usage >= self._maxusage:
-                self._open_new()
-                db = self._live_db()
-            elif self._dead or (
-                (ready := self._poller.poll(0)) and ended_on_server(self._cnx, ready[0][1])
-            ):
-                # Found dead before anything was sent (a restart or a killed backend while
-                # the connection sat idle): reopening and sending there runs it once.
-                if not self._dead:
-                    self._dead = True  # counted once, however often the reopen fails
-                    self._event(Counter.LOST)
-                self._reopen_after_loss()
-                if not self._retry:
-                    raise ConnectionLostError(
-                        f"connection found lost before {func.__name__}() was sent; reopened "
-                        "but not run (retry_after_reopen is off)"
-                    )
-                db = self._live_db()
-        try:
-            result = func(db, *args, **kwargs)
-        except Exception as exc:
-            return self._recover(exc, state, func, args, kwargs)
-        self._usage += 1
-        return result
-
-    def _recover(
-        self,
-        exc: Exception,
-        state: int,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Handle a failed call: re-raise SQL errors, reopen lost connections where safe."""
-        if self._cnx is not None and self._cnx.status:
-            if (
-                getattr(exc, "sqlstate", None) == _READ_ONLY_SQL_TRANSACTION
-                and self.role in ("read-write", "primary")
-                and state == _TRANS_IDLE
-                and not self._transaction
-            ):
-                return self._run_on_a_writer(exc, func, args, kwargs)
-            raise exc  # the connection is fine: an error about the SQL or the arguments
-        if state != _TRANS_UNKNOWN and not self._dead:
-            self._event(Counter.LOST)  # once per loss, not again for each call on a known-dead one
-        ends = ending_statement(func, args)
-        # UNKNOWN before the call means the connection was already dead: no live transaction
-        # unless begin() (or an earlier loss inside a raw BEGIN) set the flag.
-        if self._transaction or state not in (_TRANS_IDLE, _TRANS_UNKNOWN):
-            # The server's transaction died with the connection; keep refusing to reopen
-            # until the caller ends it, as if begin() had been called.
-            self._transaction = True
-            if ends is not None:
-                return self._end_lost_transaction(ends, exc)
-            raise ConnectionLostError(
-                "connection to the server lost inside a transaction: it was rolled back; end "
-                "it with rollback()"
-            ) from cause(exc)
-        in_flight = (
-            state != _TRANS_UNKNOWN
-            and self._retry != "always"
-            and not ended_by_server(exc, func, args)
-        )
-        if ends == "rollback" or not self._retry or in_flight:
-            # No second run: reopen now if the server answers, else before the next call.
-            self._dead = True
-            try:
-                self._reopen_after_loss()
-            except ServerUnavailableError as down:
-                self.logger.warning("connection lost; reopen failed, retried at next use: %s", down)
-        else:
-            self._reopen_after_loss()
-        if ends == "rollback":
-            return None  # nothing to roll back on the new connection
-        if not self._retry:
-            raise ConnectionLostError(
-                f"connection lost during {func.__name__}(); reopened but not retried "
-                "(retry_after_reopen is off)"
-            ) from None
-        if in_flight:
-            # Sent on a connection that looked alive: the server may have run it (a write may
-            # be committed) before the reply was lost. Running it again could do it twice.
-            raise ConnectionLostError(
-                f"connection lost during {func.__name__}() after it was sent "
-                f"({redact(' '.join(str(exc).split())[:200], self._secrets)}): the outcome is "
-                "unknown (a write may have been committed); the statement was not run again "
-                "(retry_after_reopen='always' would) and the connection is reopened"
-            ) from cause(exc)
-        try:
-            result = func(self._db, *args, **kwargs)
-        except Exception as again:
-            if self._cnx is not None and self._cnx.status:
-                raise
-            raise lost_error(again, "again right after reopening") from None
-        self._usage += 1
-        return result
-
-    def _run_on_a_writer(
-        self,
-        exc: Exception,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """A write refused as read-only (25006) outside a transaction, on a target that asks
-        for a writable server: the server was demoted or fenced. The statement did not run, so
-        reopen (libpq looks for a writable host, within ``reconnect_timeout``) and run it once
-        more there."""
-        self.logger.warning(
-            "server is read-only (SQLSTATE 25006, outside a transaction): reopening to find a "
-            "writable host, then running %s() again",
-            func.__name__,
-        )
-        self._event(Counter.WRONG_ROLE)
-        try:
-            self._open_new()
-        except ServerUnavailableError:
-            self._dead = True  # reopened at next use
-            raise
-        self._event(Counter.REOPENED)
-        result = func(self._db, *args, **kwargs)
-        self._usage += 1
-        return result
-
-    def _reopen_after_loss(self) -> None:
-        # Marked dead first: if the open fails, the next use reopens and counts it as a reopen.
-        self._dead = True
-        self._open_new()
-        self.logger.warning("connection lost; reopened")
-        self._event(Counter.REOPENED)
-
-    def _end_lost_transaction(self, statement: str, exc: Exception) -> None:
-        """commit/rollback on a connection whose transaction died with it."""
-        self._transaction = False
-        if statement == "rollback":
-            # What rollback asked for already happened on the server; reopen if we can.
-            try:
-                self._reopen_after_loss()
-            except ServerUnavailableError as down:
-                self.logger.warning("connection lost in a transaction; reopen failed: %s", down)
-            return None
-        raise ConnectionLostError(
-            "connection lost during COMMIT: the outcome is unknown (the server may have "
-            "committed before the reply was lost); check before running the transaction again"
-        ) from cause(exc)
-
     # -- transactions -------------------------------------------------------------------------
 
     def begin(self, mode: str | None = None) -> Any:
@@ -883,40 +693,11 @@ class SteadyPgConnection(_DBAPI):
         else:
             self.rollback()
 
-    # -- behind a transaction pooler -----------------------------------------------------------
-
     def behind_transaction_pooler(self) -> None:
-        """Raise a clear :class:`PoolerUnsupportedError` for what breaks behind a transaction
-        pooler (pools with ``server_pooling = "transaction"`` call this), instead of a
-        confusing server error or a silent loss.
-
-        ``LISTEN``/``UNLISTEN`` and ``delete_prepared()`` (SQL ``DEALLOCATE``, which PgBouncer
-        does not track) are refused before anything is sent; a prepared statement the pooler
-        did not carry to this server connection (SQLSTATE 26000, PgBouncer before 1.21 or
-        without ``max_prepared_statements``) is reported as such. Only this connection's
-        methods change: other pools pay nothing.
-        """
-        query = self.query
-
-        def guarded_query(command: str, *args: Any) -> Any:
-            if isinstance(command, str) and _LISTENS.match(command):
-                raise PoolerUnsupportedError(
-                    f"{command.split()[0].upper()} behind a transaction pooler "
-                    '(server_pooling = "transaction"): notifications go to whichever server '
-                    "connection the pooler picks; use a direct pool for listeners"
-                )
-            return query(command, *args)
-
-        def refused_delete_prepared(name: str | None = None) -> Any:
-            raise PoolerUnsupportedError(
-                "delete_prepared() behind a transaction pooler: it sends SQL DEALLOCATE, which "
-                "PgBouncer does not track; let prepared statements end with the connection"
-            )
-
-        self.query = guarded_query  # type: ignore[method-assign]
-        self.delete_prepared = refused_delete_prepared  # type: ignore[method-assign]
-        for name in ("query_prepared", "describe_prepared"):
-            setattr(self, name, _carried_or_refused(getattr(self, name), name))
+        """Refuse what breaks behind a transaction pooler (see
+        :func:`pgregistry.pooling.refuse_what_breaks`); pools with ``server_pooling =
+        "transaction"`` call this."""
+        refuse_what_breaks(self)
 
     # -- plain attributes ---------------------------------------------------------------------
 
@@ -933,88 +714,12 @@ class SteadyPgConnection(_DBAPI):
         return sorted(names)
 
 
-# Column types that PyGreSQL converts without asking the server (see prime_types): bool,
-# bytea, char, name, int8, int2, int4, text, oid, json, float4, float8, money, bpchar, varchar,
-# numeric, jsonb, and arrays of these.
-_NATIVE_TYPES = frozenset(
-    {16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 790, 1042, 1043, 1700, 3802}
-    | {199, 1000, 1001, 1002, 1003, 1005, 1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028}
-    | {1231, 3807}
-)
-
-
 def _close_quietly(db: pg.DB) -> None:
     with contextlib.suppress(Exception):
         db.close()
 
 
-# A LISTEN or UNLISTEN statement (see behind_transaction_pooler).
-_LISTENS = re.compile(r"\s*(listen|unlisten)\b", re.IGNORECASE)
-
-
-def _carried_or_refused(method: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """``method`` with a prepared statement the transaction pooler lost reported clearly."""
-
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except pg.Error as exc:
-            if getattr(exc, "sqlstate", None) != "26000":
-                raise
-            raise PoolerUnsupportedError(
-                f"{name}(): the prepared statement is not on the server connection the "
-                "transaction pooler picked (PgBouncer before 1.21, or max_prepared_statements "
-                "= 0); use query() with parameters, or PgBouncer 1.21+ with "
-                "max_prepared_statements"
-            ) from exc
-
-    return call
-
-
-# Methods that never touch the server: forwarded without the reopen logic.
-_PLAIN = frozenset({"decode_json", "encode_json", "unescape_bytea", "transaction", "fileno"})
-# Methods SteadyPgConnection defines itself.
-_OWN = frozenset(
-    {"close", "reopen", "reset", "begin", "start", "commit", "end", "rollback", "abort"}
-)
-
-
-def _tough_method(func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def method(self: SteadyPgConnection, *args: Any, **kwargs: Any) -> Any:
-        return self._run(func, args, kwargs)
-
-    return method
-
-
-def _plain_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def method(self: SteadyPgConnection, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self._live_db(), name)(*args, **kwargs)
-
-    return method
-
-
-def api_method_names() -> list[str]:
-    """Public method names of ``pg.DB`` that steady and pooled connections offer."""
-    return sorted(
-        name
-        for name, value in vars(pg.DB).items()
-        if not name.startswith("_") and (callable(value) or isinstance(value, staticmethod))
-    )
-
-
-def _install_wrappers() -> None:
-    for name in api_method_names():
-        if name in _OWN:
-            continue
-        func = getattr(pg.DB, name)
-        wrapper = _plain_method(name, func) if name in _PLAIN else _tough_method(func)
-        setattr(SteadyPgConnection, name, wrapper)
-
-
-_install_wrappers()
+install_wrappers(SteadyPgConnection)
 
 
 def _after_fork_in_child() -> None:
