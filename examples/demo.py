@@ -506,7 +506,18 @@ def restart_under_load(
     dsn = build_conninfo({**target, "connect_timeout": "5"})
     ok, errors = [0], []
     stop = threading.Event()
-    with PooledPg(4, 4, 4, True, name="restart-demo", reconnect_timeout=15.0, dbname=dsn) as pool:
+    # Only reads here: a statement whose reply the restart cut off may safely run again
+    # ("always"). The default refuses that, as a write could then run twice.
+    with PooledPg(
+        4,
+        4,
+        4,
+        True,
+        name="restart-demo",
+        reconnect_timeout=15.0,
+        retry_after_reopen="always",
+        dbname=dsn,
+    ) as pool:
 
         def work() -> None:
             for _ in range(100_000):  # bounded; the stop event ends it
