@@ -9,6 +9,7 @@ import random
 import time
 from typing import Any, Literal
 
+from .connector import Admission
 from .conninfo import redact
 from .errors import PoolClosedError, ServerFullError
 from .handoff import PLACE, HandOff
@@ -42,6 +43,7 @@ class Opening(HandOff):
     _reconnect_timeout: float
     _begin_statement: str | None
     _transaction_pooled: bool
+    _admission: Admission
     _server_pooling_undeclared: bool
     _restart_upkeep: bool
     _refill_failures: RateLimit
@@ -62,6 +64,7 @@ class Opening(HandOff):
             retry_after_reopen=self._retry,
             reconnect_timeout=self._reconnect_timeout,
             logger=self.logger,
+            admission=self._admission,
             **self._kwargs,
         )
         if self._budget is not None:

@@ -37,6 +37,7 @@ from .connect_args import (
     normalize_setsession,
     secrets_of,
 )
+from .connector import Admission
 from .errors import (
     PoolClosedError,
     PoolTimeoutError,
@@ -205,6 +206,8 @@ class PooledPg(Opening, Upkeep):
         self.server_pooling: pooling.ServerPooling = pooled.server_pooling
         self.statement_timeout: float | None = pooled.statement_timeout
         self._transaction_pooled = self.server_pooling == "transaction"
+        # While the server is down, one caller probes and the others wait (see Admission).
+        self._admission = Admission()
         self._server_pooling_undeclared = self.server_pooling == "none"
         self._begin_statement = pooling.begin_statement(self.server_pooling, self.statement_timeout)
         self._args, self._kwargs, self._setsession = pooled.args, pooled.kwargs, pooled.setsession
@@ -626,6 +629,7 @@ class PooledPg(Opening, Upkeep):
 
     def _after_fork_in_child(self) -> None:
         """Start empty in a forked child; the inherited connections belong to the parent."""
+        self._admission = Admission()  # its lock may be held by a thread of the parent
         self._lock = threading.Lock()
         self._resumed = threading.Event()
         if not self._paused:

@@ -51,7 +51,7 @@ from .connect_args import (
     secrets_of,
     with_network_defaults,
 )
-from .connector import open_db
+from .connector import Admission, open_db
 from .conninfo import redact
 from .errors import (
     ConnectionLostError,
@@ -127,6 +127,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
         retry_after_reopen: bool | Literal["always"] = True,
         reconnect_timeout: float | None = 0.0,
         logger: logging.Logger | None = None,
+        admission: Admission | None = None,
         **kwargs: Any,
     ) -> None:
         if maxusage is not None and (
@@ -192,6 +193,8 @@ class SteadyPgConnection(CallPath, _DBAPI):
         #: Called with Counter.LOST or Counter.REOPENED; pools count these in their stats.
         self.listener: Callable[[Counter], None] | None = None
         self.logger: logging.Logger = logger or _log
+        #: The pool's gate for connects while its server is down (None: no pool).
+        self.admission = admission
         self._open_new()
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -258,6 +261,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
                 secrets=self._secrets,
                 reconnect_timeout=self._reconnect_timeout,
                 logger=self.logger,
+                admission=self.admission,
             )
             # A type cache that remembers built-in types (a new pg.DB has fresh caches anyway).
             db.dbtypes = PooledDbTypes(db, self._type_rows)
