@@ -21,6 +21,7 @@ from .config import PROCESSES_ENV, PoolSettings, Settings, load_settings
 from .conninfo import redact
 from .errors import ConfigError, InvalidTenantError, UnknownPoolError
 from .registry import Registry
+from .replicas import LAG_SQL
 from .steady import SteadyPgConnection
 
 __all__ = ["main"]
@@ -224,15 +225,18 @@ def _report(results: list[dict[str, Any]], *, as_json: bool, out: TextIO) -> int
         json.dump(results, out, indent=2)
         out.write("\n")
     else:
-        rows = [["pool", "status", "server", "latency / error"]]
+        rows = [["pool", "status", "server", "role", "latency / error"]]
         for r in results:
             if r["ok"]:
                 latency = f"{r['latency_ms']:.2f} ms"
+                if r.get("lag_s") is not None:
+                    latency += f" (replay {r['lag_s']:.1f} s behind)"
                 if r["pooler"]:
                     latency += " (through a connection pooler such as PgBouncer)"
-                rows.append([r["pool"], "ok", r["server_version"], latency])
+                role = r.get("role") or "-"
+                rows.append([r["pool"], "ok", r["server_version"], role, latency])
             else:
-                rows.append([r["pool"], "FAILED", "-", r["error"]])
+                rows.append([r["pool"], "FAILED", "-", "-", r["error"]])
         _table(rows, out)
     return 0 if all(r["ok"] for r in results) else 1
 
@@ -304,6 +308,12 @@ def _ping_one(pool: PoolSettings, label: str | None = None) -> dict[str, Any]:
             version = int(conn.server_version)
             server_pid = conn.query("SELECT pg_backend_pid()").getresult()[0][0]
             pooler = server_pid != conn.backend_pid
+            role = conn.server_role()
+            lag = (
+                float(conn.query(LAG_SQL).getresult()[0][0] or 0)
+                if pool.max_replica_lag is not None
+                else None
+            )
         finally:
             conn.close()
     except Exception as exc:
@@ -314,6 +324,8 @@ def _ping_one(pool: PoolSettings, label: str | None = None) -> dict[str, Any]:
         server_version=_version(version),
         latency_ms=round(statistics.median(rounds), 3),
         pooler=pooler,
+        role=role,
+        lag_s=None if lag is None else round(lag, 3),
     )
     return result
 

@@ -569,6 +569,15 @@ class PooledPg(Opening, Upkeep):
         """True after :meth:`close`."""
         return self._closed
 
+    def server_role(self) -> str | None:
+        """``"primary"`` or ``"standby"``, as an idle connection's server last reported it (no
+        round trip); None when not known (no idle connection, a server before 14)."""
+        for slot in list(self._idle):
+            role = slot.conn.server_role()
+            if role is not None:
+                return role
+        return None
+
     @property
     def busy(self) -> bool:
         """True while connections are checked out (or being opened) or callers wait.

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from .budget import ServerBudget
 from .conninfo import redact
-from .errors import PoolClosedError, UnknownPoolError
+from .errors import PoolClosedError, PoolTimeoutError, ServerUnavailableError, UnknownPoolError
 from .maintenance import Maintenance, Task
 from .pool import PooledPg, PooledPgConnection
+from .replicas import LagWatch
 from .stats import PoolObserver, RegistryStats
 from .tenants import TenantPools
 
@@ -117,6 +118,8 @@ class Registry:
         self._build_locks: dict[str, threading.Lock] = {}
         #: Pools paused by name: a pool built again (a reload) starts paused too.
         self._paused: set[str] = set()
+        #: Read pools' lag, by pool name (see pgregistry.replicas).
+        self._lag_watches: dict[str, LagWatch] = {}
         # Tenant templates in use, by name; replaced, never mutated, like _pools.
         self._tenants: dict[str, TenantPools] = {}
         # Server budgets by server name; kept across reloads (they count open connections).
@@ -165,15 +168,22 @@ class Registry:
         """The configured pool names, sorted."""
         return sorted(self.settings.pools)
 
-    def get(self, name: str | None = None, tenant: str | None = None) -> PooledPg:
+    def get(
+        self, name: str | None = None, tenant: str | None = None, *, readonly: bool = False
+    ) -> PooledPg:
         """The pool called ``name`` (the default pool if None), built on first use.
 
         With ``tenant``, ``name`` is a tenant template and the pool is that tenant's (see
-        :class:`~pgregistry.tenants.TenantPools`). Raises
-        :class:`~pgregistry.UnknownPoolError` listing the configured names,
-        :class:`~pgregistry.InvalidTenantError` for a bad tenant key, and
+        :class:`~pgregistry.tenants.TenantPools`). With ``readonly``, the pool's
+        ``read_pool`` when it has one that is not lagging (else the pool itself; tenant pools
+        have no read pools). Raises :class:`~pgregistry.UnknownPoolError` listing the
+        configured names, :class:`~pgregistry.InvalidTenantError` for a bad tenant key, and
         :class:`~pgregistry.PoolClosedError` after :meth:`close`.
         """
+        if readonly and tenant is None:
+            read = self._read_pool_name(name)
+            if read is not None and not self._lagging(read):
+                return self.get(read)
         if tenant is None:
             try:
                 return self._pools[name]
@@ -185,8 +195,36 @@ class Registry:
             group = self._tenant_group(name)
         return group.get(tenant)
 
-    def connection(self, name: str | None = None, tenant: str | None = None) -> PooledPgConnection:
-        """Check out a connection from the pool called ``name`` (see :meth:`get`)."""
+    def connection(
+        self, name: str | None = None, tenant: str | None = None, *, readonly: bool = False
+    ) -> PooledPgConnection:
+        """Check out a connection from the pool called ``name`` (see :meth:`get`).
+
+        With ``readonly``, from the pool's ``read_pool``; when that cannot serve (its server
+        is down, it timed out, or it lags past its ``max_replica_lag``), from the pool itself,
+        unless ``read_fallback`` is false: then the read pool's error is raised.
+        """
+        if readonly and tenant is None:
+            read = self._read_pool_name(name)
+            if read is not None:
+                fallback = self.settings.pools[self._resolve(name, self.settings)].read_fallback
+                if self._lagging(read):
+                    if not fallback:
+                        raise ServerUnavailableError(
+                            f"read pool {read!r} lags past its max_replica_lag "
+                            "(read_fallback is off)"
+                        )
+                else:
+                    try:
+                        return self._read_connection(read)
+                    except (ServerUnavailableError, PoolTimeoutError) as exc:
+                        if not fallback:
+                            raise
+                        _log.info(
+                            "read pool %r cannot serve (%s); reading from the primary pool",
+                            read,
+                            type(exc).__name__,
+                        )
         attempts = 5  # a retry is needed only when a reload or eviction came in between
         while True:
             try:
@@ -200,14 +238,14 @@ class Registry:
 
     @contextlib.contextmanager
     def transaction(
-        self, name: str | None = None, tenant: str | None = None
+        self, name: str | None = None, tenant: str | None = None, *, readonly: bool = False
     ) -> Iterator[PooledPgConnection]:
         """Check out a connection, ``begin()``, and commit on success or roll back on an
         exception; the connection is given back either way (see :meth:`get` for the arguments).
 
         ``with registry.transaction("billing") as db: db.insert(...)``
         """
-        conn = self.connection(name, tenant)
+        conn = self.connection(name, tenant, readonly=readonly)
         try:
             conn.begin()
             try:
@@ -218,6 +256,29 @@ class Registry:
             conn.commit()
         finally:
             conn.close()
+
+    def _read_connection(self, read: str) -> PooledPgConnection:
+        """A connection of the read pool whose server is known to be there: one that sat idle
+        while the standby went away is reopened now (no round trip when it is fine), so that a
+        standby that is down makes the read fall back, not the first query fail."""
+        conn = self.connection(read)
+        if conn.steady.looks_dead():
+            try:
+                conn.reopen()
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _read_pool_name(self, name: str | None) -> str | None:
+        settings = self.settings
+        real = self._resolve(name, settings)
+        read = settings.pools[real].read_pool
+        return None if read == real else read
+
+    def _lagging(self, read: str) -> bool:
+        watch = self._lag_watches.get(read)
+        return watch is not None and watch.lagging
 
     def _resolve(self, name: str | None, settings: Settings) -> str:
         if name is None:
@@ -355,6 +416,7 @@ class Registry:
                     pool = self._new_pool(settings, settings.pools[real])
                     if real in self._paused:
                         pool.pause()
+                    self._watch_lag(pool, settings.pools[real].max_replica_lag)
                 except Exception as exc:
                     _log.warning(
                         "pool %r: build failed: %s: %s",
@@ -379,6 +441,18 @@ class Registry:
             # Look again outside the build lock, which is not reentrant.
             return self.get(name)
         return pool
+
+    def _watch_lag(self, pool: PooledPg, max_lag: float | None) -> None:
+        """A read pool with ``max_replica_lag``: measure its lag on the upkeep workers."""
+        if max_lag is None:
+            return
+        watch = LagWatch(pool, max_lag)
+        with self._lock:
+            self._lag_watches = {**self._lag_watches, pool.name: watch}
+        self._maintenance.add(
+            Task(watch, LagWatch.check, watch.interval, f"lag of read pool {pool.name!r}"),
+            delay=0.0,
+        )
 
     # -- pause and resume ---------------------------------------------------------------------
 
@@ -490,6 +564,15 @@ class Registry:
             "tenants": {n: g.stats() for n, g in sorted(self._tenants.items())},
             "servers": {n: b.stats() for n, b in sorted(self._budgets.items())},
             "tenants_evicted": {n: g.evicted for n, g in sorted(self._tenants.items())},
+            "roles": {
+                n: p.server_role()
+                for n, p in sorted(self._pools.items(), key=_key)
+                if n is not None
+            },
+            "replica_lag": {
+                n: {"lag": w.lag, "lagging": w.lagging, "max_replica_lag": w.max_lag}
+                for n, w in sorted(self._lag_watches.items())
+            },
         }
 
     def __enter__(self) -> Registry:
@@ -548,20 +631,24 @@ atexit.register(default_registry.close)
 # (tests/unit/test_registry_unit.py compares the signatures).
 
 
-def get(name: str | None = None, tenant: str | None = None) -> PooledPg:
+def get(name: str | None = None, tenant: str | None = None, *, readonly: bool = False) -> PooledPg:
     """:meth:`Registry.get` on the process-wide :data:`default_registry`."""
-    return default_registry.get(name, tenant)
+    return default_registry.get(name, tenant, readonly=readonly)
 
 
-def connection(name: str | None = None, tenant: str | None = None) -> PooledPgConnection:
+def connection(
+    name: str | None = None, tenant: str | None = None, *, readonly: bool = False
+) -> PooledPgConnection:
     """:meth:`Registry.connection` on the process-wide :data:`default_registry`."""
-    return default_registry.connection(name, tenant)
+    return default_registry.connection(name, tenant, readonly=readonly)
 
 
 @contextlib.contextmanager
-def transaction(name: str | None = None, tenant: str | None = None) -> Iterator[PooledPgConnection]:
+def transaction(
+    name: str | None = None, tenant: str | None = None, *, readonly: bool = False
+) -> Iterator[PooledPgConnection]:
     """:meth:`Registry.transaction` on the process-wide :data:`default_registry`."""
-    with default_registry.transaction(name, tenant) as conn:
+    with default_registry.transaction(name, tenant, readonly=readonly) as conn:
         yield conn
 
 

@@ -130,6 +130,10 @@ class RegistryStats(TypedDict):
     servers: dict[str, BudgetStats]
     #: Tenant pools closed so far for max_pools or idle_pool_timeout, by template name.
     tenants_evicted: dict[str, int]
+    #: Each built pool's server role ("primary", "standby"), None when not known.
+    roles: dict[str, str | None]
+    #: Read pools with max_replica_lag: the last measured lag (seconds), whether past it.
+    replica_lag: dict[str, dict[str, float | bool | None]]
 
 
 class PoolObserver(Protocol):

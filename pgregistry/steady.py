@@ -62,7 +62,7 @@ from .pooling import refuse_what_breaks
 from .priming import prime_types
 from .roles import required_role, server_has_role
 from .stats import Counter
-from .wire import WATCH, ask, cut_off, wait_for_eof
+from .wire import WATCH, ask, cut_off, ended_on_server, wait_for_eof
 
 __all__ = ["SetSession", "SteadyPgConnection"]
 
@@ -588,6 +588,25 @@ class SteadyPgConnection(CallPath, _DBAPI):
                     "is reopened at its next use"
                 ) from None
             # Otherwise best effort: reading the result will report any real problem.
+
+    def server_role(self) -> str | None:
+        """``"primary"`` or ``"standby"`` as the server last reported (``in_hot_standby``,
+        PostgreSQL 14+; no round trip); None when not known."""
+        cnx = self._cnx
+        try:
+            value = None if cnx is None else cnx.parameter("in_hot_standby")
+        except Exception:
+            return None
+        return None if value is None else ("standby" if value == "on" else "primary")
+
+    def looks_dead(self) -> bool:
+        """Whether the connection is known lost, or its server has ended it while it sat idle
+        (the look before sending: no round trip)."""
+        if self._dead or self.is_lost():
+            return True
+        poller = self._poller
+        ready: Any = poller.poll(0) if poller is not None else None
+        return bool(ready) and ended_on_server(self._cnx, ready[0][1])
 
     def role_ok(self) -> bool:
         """True unless the server now reports a role the target does not accept (no round

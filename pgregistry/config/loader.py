@@ -221,6 +221,7 @@ def _build(raw: RawConfig) -> Settings:
     declared = declared if isinstance(declared, Mapping) else {}
     invalid = {str(name) for name in declared if str(name) not in servers}
     _check_budgets(pools, tenants, servers, report, invalid)
+    _check_read_pools(pools, pools_raw, report)
 
     default = data.get("default")
     if default is not None:
@@ -367,6 +368,26 @@ def _build_servers(
         except ValidationError as exc:
             report_errors(exc, base, None)
     return servers
+
+
+def _check_read_pools(
+    pools: Mapping[str, PoolSettings], declared: Collection[str], report: _Report
+) -> None:
+    """Every ``read_pool`` names a configured pool (the pool itself: its own reads, as with
+    none, so that ``[defaults] read_pool`` works), which has no other read pool itself."""
+    for name, pool in pools.items():
+        target = pool.read_pool
+        if target is None or target == name:
+            continue
+        path = ("pools", name, "read_pool")
+        if target not in pools:
+            if target not in declared:
+                known = ", ".join(p for p in pools if p != name) or "none"
+                report(path, f"names pool {target!r}, which is not configured (pools: {known})")
+            else:
+                report(path, f"names pool {target!r}, which is disabled or invalid")
+        elif pools[target].read_pool not in (None, target):
+            report(path, f"names pool {target!r}, which has a read_pool of its own: no chains")
 
 
 def _check_budgets(

@@ -109,6 +109,20 @@ class PoolSettings(_Frozen):
         "The [servers.NAME] budget this pool counts against (unset: matched by host and port)."
     )
 
+    # reads (issue 14: a standby for reads, the primary as fallback)
+    read_pool: Annotated[str, AfterValidator(_no_nul)] | None = _doc(
+        "A configured pool that serves this pool's readonly=True checkouts (a standby)."
+    )
+    read_fallback: bool = _doc(
+        "When the read_pool cannot serve (down, or lagging past its max_replica_lag), use this "
+        "pool instead (default true); false raises the read pool's error.",
+        True,
+    )
+    max_replica_lag: Annotated[float, Field(ge=0)] | None = _doc(
+        "On a read pool: seconds of replication lag past which it is not used until it has "
+        "caught up (checked by the upkeep workers, never per checkout); unset: no limit.",
+    )
+
     # server (issue 15: a pooler in the way; pgregistry.pooling)
     server_pooling: _ServerPooling = _option("server_pooling")
     statement_timeout: _StatementTimeout = _option("statement_timeout")

@@ -272,12 +272,12 @@ def test_ping_reports_server_version_and_latency_of_every_pool(
 
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["pool", "status", "server", "latency", "/", "error"]
+    assert lines[0].split() == ["pool", "status", "server", "role", "latency", "/", "error"]
     rows = [line.split() for line in lines[2:]]
     assert [row[0] for row in rows] == ["app", "reports"]
     for row in rows:
-        assert row[1:3] == ["ok", version]
-        assert re.fullmatch(r"\d+\.\d\d", row[3]) and row[4] == "ms"
+        assert row[1:4] == ["ok", version, "primary"]
+        assert re.fullmatch(r"\d+\.\d\d", row[4]) and row[5] == "ms"
     # ping opens one connection per pool, not the pool's mincached, and closes it.
     assert monitor.wait_count(app_name, 0) == 0
 

@@ -480,8 +480,10 @@ def test_connection_takes_the_successor_when_a_reload_retires_the_pool_after_loo
     first = registry.get("app")
     lookup = registry.get
 
-    def get_then_reload(name: str | None = None, tenant: str | None = None) -> Any:
-        pool = lookup(name, tenant)
+    def get_then_reload(
+        name: str | None = None, tenant: str | None = None, *, readonly: bool = False
+    ) -> Any:
+        pool = lookup(name, tenant, readonly=readonly)
         if pool is first:  # as if the reload came right after this thread's lookup
             setup.write({"app": {"maxcached": 2}})
             registry.reload()

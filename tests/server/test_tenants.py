@@ -435,7 +435,7 @@ def test_stats_group_tenant_pools_by_template(
     with reg.connection("app") as db:
         db.query("SELECT 1")
     stats = reg.stats()
-    assert set(stats) == {"pools", "tenants", "servers", "tenants_evicted"}
+    assert set(stats) == {"pools", "tenants", "servers", "tenants_evicted", "roles", "replica_lag"}
     assert list(stats["pools"]) == ["app"]
     assert {t: list(pools) for t, pools in stats["tenants"].items()} == {
         "t": ["a", "b"],

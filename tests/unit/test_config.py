@@ -87,6 +87,10 @@ KEY_TABLE: dict[str, Key] = {
     "ping_after": Key("5", "5", 5.0),
     "leak_threshold": Key("12.5", "12.5", 12.5),
     "server": Key('"main"', "main", "main"),  # needs [servers.main]: see _SERVER_TABLE
+    # reads (issue 14)
+    "read_pool": Key('"standby"', "standby", "standby"),  # needs [pools.standby]: the same
+    "read_fallback": Key("false", "false", False),
+    "max_replica_lag": Key("2.5", "2.5", 2.5),
     # server (issue 15)
     "server_pooling": Key('"transaction"', "transaction", "transaction"),
     "statement_timeout": Key("2.5", "2.5", 2.5),
@@ -164,7 +168,7 @@ def test_every_libpq_keyword_is_a_key() -> None:
 
 def _the_pool(settings: Settings, key: str) -> PoolSettings | None:
     if key == "enabled":
-        assert settings.disabled == ("p",)
+        assert "p" in settings.disabled  # (and [pools.standby] too, under [defaults])
         return None
     return settings.pools["p"]
 
@@ -179,7 +183,7 @@ def _check_key(pool: PoolSettings | None, key: str, spec: Key) -> None:
 
 
 # The server a pool's "server" key names must be declared.
-_SERVER_TABLE = "[servers.main]\nmax_connections = 10\n"
+_SERVER_TABLE = "[servers.main]\nmax_connections = 10\n[pools.standby]\n"
 
 
 @pytest.mark.parametrize("key", sorted(KEY_TABLE))
@@ -195,6 +199,7 @@ def test_key_from_env(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = KEY_TABLE[key]
     monkeypatch.setenv(f"PGPOOLS__POOLS__P__{key.upper()}", spec.env)
     monkeypatch.setenv("PGPOOLS__SERVERS__MAIN__MAX_CONNECTIONS", "10")
+    monkeypatch.setenv("PGPOOLS__POOLS__STANDBY__DBNAME", "standby")  # what read_pool names
     settings = load_settings()
     _check_key(_the_pool(settings, key), key, spec)
 
@@ -811,8 +816,10 @@ def test_any_option_change_is_a_change() -> None:
             continue
         value = plain(spec.value)
         value = value.value if isinstance(value, ResetPolicy | PingPolicy) else value
-        changed = settings_from_mapping({"pools": {"a": {"host": "h", key: value}}}).pools["a"]
-        assert changed != base and changed.fingerprint() != base.fingerprint(), key
+        others: dict[str, Any] = {"standby": {}} if key == "read_pool" else {}
+        changed = settings_from_mapping({"pools": {"a": {"host": "h", key: value}, **others}})
+        pool = changed.pools["a"]
+        assert pool != base and pool.fingerprint() != base.fingerprint(), key
 
 
 def test_server_change_is_a_change() -> None:
