@@ -23,7 +23,7 @@ from .failures import cause, ended_by_server, ending_statement, lost_error
 from .stats import Counter
 from .wire import ended_on_server
 
-__all__ = ["CallPath", "api_method_names", "install_wrappers"]
+__all__ = ["DB_ATTRIBUTES", "CallPath", "api_method_names", "install_wrappers"]
 
 _TRANS_IDLE: int = pg.TRANS_IDLE
 _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
@@ -45,6 +45,7 @@ class CallPath:
     _retry: bool | Literal["always"]
     _secrets: tuple[str, ...]
     fresh: bool
+    clean_state: Callable[[], int] | None
     role: str | None
     logger: logging.Logger
 
@@ -82,24 +83,27 @@ class CallPath:
             elif self._dead or (
                 (ready := self._poller.poll(0)) and ended_on_server(self._cnx, ready[0][1])
             ):
-                # Found dead before anything was sent (a restart or a killed backend while
-                # the connection sat idle): reopening and sending there runs it once.
-                if not self._dead:
-                    self._dead = True  # counted once, however often the reopen fails
-                    self._event(Counter.LOST)
-                self._reopen_after_loss()
-                if not self._retry:
-                    raise ConnectionLostError(
-                        f"connection found lost before {func.__name__}() was sent; reopened "
-                        "but not run (retry_after_reopen is off)"
-                    )
-                db = self._live_db()
+                db = self._found_dead(func)
         try:
             result = func(db, *args, **kwargs)
         except Exception as exc:
             return self._recover(exc, state, func, args, kwargs)
         self._usage += 1
         return result
+
+    def _found_dead(self, func: Callable[..., Any]) -> pg.DB:
+        """Found dead before anything was sent (a restart or a killed backend while the
+        connection sat idle): reopen; sending there runs ``func`` once. The new pg.DB."""
+        if not self._dead:
+            self._dead = True  # counted once, however often the reopen fails
+            self._event(Counter.LOST)
+        self._reopen_after_loss()
+        if not self._retry:
+            raise ConnectionLostError(
+                f"connection found lost before {func.__name__}() was sent; reopened "
+                "but not run (retry_after_reopen is off)"
+            )
+        return self._live_db()
 
     def _recover(
         self,
@@ -128,6 +132,7 @@ class CallPath:
             # The server's transaction died with the connection; keep refusing to reopen
             # until the caller ends it, as if begin() had been called.
             self._transaction = True
+            self.clean_state = None
             if ends is not None:
                 return self._end_lost_transaction(ends, exc)
             raise ConnectionLostError(
@@ -247,6 +252,33 @@ def _plain_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return method
 
 
+#: What a ``pg.DB`` offers beyond its class's methods: its own instance attributes, and the
+#: ``pg.Connection``'s attributes (and ``source()``) that pg.DB's ``__getattr__`` reaches.
+#: Steady and pooled connections give each a property rather than a ``__getattr__`` of their
+#: own: CPython does not specialise attribute access on a class that defines one, so every
+#: attribute read on the hot path would cost several times as much. A test checks this list
+#: against ``dir()`` of a live pg.DB, so a new PyGreSQL attribute is not missed silently.
+DB_ATTRIBUTES = (
+    "adapter",
+    "backend_pid",
+    "db",
+    "dbname",
+    "dbtypes",
+    "error",
+    "host",
+    "options",
+    "port",
+    "protocol_version",
+    "server_version",
+    "socket",
+    "source",
+    "ssl_attributes",
+    "ssl_in_use",
+    "status",
+    "user",
+)
+
+
 def api_method_names() -> list[str]:
     """Public method names of ``pg.DB`` that steady and pooled connections offer."""
     return sorted(
@@ -256,12 +288,25 @@ def api_method_names() -> list[str]:
     )
 
 
+def _db_attribute(name: str) -> property:
+    def read(self: CallPath) -> Any:
+        return getattr(self._live_db(), name)
+
+    read.__name__ = name
+    return property(read, doc=f"pg.DB's ``{name}`` of the current connection.")
+
+
 def install_wrappers(cls: type[CallPath]) -> None:
-    """Give ``cls`` every public method of ``pg.DB`` (but those in :data:`_OWN`), each
-    through the call path (or straight to the ``pg.DB`` for :data:`_PLAIN` ones)."""
+    """Give ``cls`` every public method of ``pg.DB`` (but those in :data:`_OWN` and those it
+    defines itself), each through the call path (or straight to the ``pg.DB`` for
+    :data:`_PLAIN` ones), and a read-only property for each of :data:`DB_ATTRIBUTES` it does
+    not define."""
     for name in api_method_names():
-        if name in _OWN:
+        if name in _OWN or name in cls.__dict__:
             continue
         func = getattr(pg.DB, name)
         wrapper = _plain_method(name, func) if name in _PLAIN else _tough_method(func)
         setattr(cls, name, wrapper)
+    for name in DB_ATTRIBUTES:
+        if name not in cls.__dict__:
+            setattr(cls, name, _db_attribute(name))

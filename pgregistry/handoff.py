@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+import pg
+
 from .conninfo import redact
 from .errors import PoolClosedError, PoolTimeoutError
 from .pool_state import PoolState
@@ -24,6 +26,7 @@ __all__ = ["CLOSED", "LOOK", "OPEN", "PLACE", "HandOff", "Waiter"]
 
 # How often a waiter looks for connections held by results that have been released, in s.
 _HELD_POLL = 0.005
+_TRANS_IDLE: int = pg.TRANS_IDLE
 # Reaching maxconnections is logged at most this often per pool, in seconds.
 LIMIT_LOG_INTERVAL = 60.0
 
@@ -292,9 +295,17 @@ class HandOff(PoolState):
                     observer.on_checkin(time.monotonic() - slot.since)
                 except Exception:
                     self._observer_failed()
+            # The default policy on an idle connection the borrower left clean (no LISTEN,
+            # temporary object, client-side change or open begin()): nothing to send.
+            conn = slot.conn
+            state_of = conn.clean_state if self._rollback_if_needed else None
             try:
-                if self._rollback_if_needed and slot.conn.idle_on_server():
-                    # The default policy on an idle, healthy connection: nothing to send.
+                try:
+                    idle = state_of is not None and state_of() == _TRANS_IDLE
+                except TypeError:  # closed under us (db.db.close()): the reset path sees it
+                    idle = False
+                if idle:
+                    conn.fresh = True
                     keep = not self._closed
                 else:
                     keep = not self._closed and self._reset_on_return(slot)

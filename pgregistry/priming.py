@@ -14,12 +14,12 @@ from typing import Any
 
 import pg
 
-__all__ = ["prime_types"]
+__all__ = ["NATIVE_TYPES", "prime_types"]
 
 # Column types that PyGreSQL converts without asking the server (see prime_types): bool,
 # bytea, char, name, int8, int2, int4, text, oid, json, float4, float8, money, bpchar, varchar,
 # numeric, jsonb, and arrays of these.
-_NATIVE_TYPES = frozenset(
+NATIVE_TYPES = frozenset(
     {16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 790, 1042, 1043, 1700, 3802}
     | {199, 1000, 1001, 1002, 1003, 1005, 1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028}
     | {1231, 3807}
@@ -34,7 +34,7 @@ def prime_types(db: pg.DB, result: pg.Query, primed: set[int]) -> None:
         oid = field[1]
         if oid in primed:
             continue
-        if oid not in _NATIVE_TYPES:
+        if oid not in NATIVE_TYPES:
             dbtypes = db.dbtypes
             typ = dbtypes.get(oid)
             if typ is not None:

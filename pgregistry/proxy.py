@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pg
 
 from .borrower import RAW
-from .callpath import api_method_names
+from .callpath import DB_ATTRIBUTES, api_method_names
 from .errors import InvalidConnectionError
 from .leak import Frame
 from .steady import SteadyPgConnection
@@ -85,16 +85,11 @@ class PooledPgConnection(_DBAPI):
         is read), the connection stays out of the pool until that result is released: it is
         never lent to anyone else while it can still be read, and never closed under it.
         """
-        if self._slot is None:
+        slot = self._slot
+        if slot is None:
             raise InvalidConnectionError(
                 f"connection of pool {self._pool.name!r} was already returned to the pool"
             )
-        self._give_back()
-
-    def _give_back(self) -> None:
-        slot = self._slot
-        if slot is None:
-            return
         pool = self._pool
         try:
             self._slot = self._con = None
@@ -114,6 +109,11 @@ class PooledPgConnection(_DBAPI):
             pool._checkin(slot)  # interrupted (a signal) before it was handed on
             raise
         pool._checkin(slot)
+
+    def _give_back(self) -> None:
+        """close(), if not returned yet."""
+        if self._slot is not None:
+            self.close()
 
     def _note_result(self, result: Any) -> None:
         """Remember ``result`` as the last one; keep an earlier one the caller still holds."""
@@ -169,13 +169,12 @@ class PooledPgConnection(_DBAPI):
         con = self._con
         if con is None:
             con = self._live()
-        result = con.query(command, *args)
+        result = con.query(command, *args)  # its types resolved there
         if type(result) is _Query:  # not the str or None of other statements
             if self._result is None:
                 self._result = result
             else:
                 self._note_result(result)
-            con.prime_types(result)
         else:  # LISTEN, CREATE return None, CREATE TEMP .. AS a count: noted for the return
             con.note_statement(command, result is None)
         return result
@@ -254,13 +253,6 @@ class PooledPgConnection(_DBAPI):
             return sorted(set(super().__dir__()))
         return dir(con._live_db())
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            if name in _DB_PRIVATE:
-                return getattr(self._live()._live_db(), name)
-            raise AttributeError(name)
-        return getattr(self._live(), name)
-
     def __enter__(self) -> PooledPgConnection:
         """``with`` on a fresh connection scopes the checkout; otherwise it is pg.DB's.
 
@@ -287,16 +279,7 @@ class PooledPgConnection(_DBAPI):
             return  # given back inside the block (and rolled back there if need be)
         blocks = con.with_blocks
         if blocks == -1:
-            # _give_back() inlined: the return path of every `with pool.connection()`.
-            slot = self._slot
-            self._slot = self._con = None
-            result = self._result
-            if result is not None:
-                self._result = None
-                if _refcount(result) > 2:
-                    self._pool._hold(slot, result)  # type: ignore[arg-type]
-                    return
-            self._pool._checkin(slot)  # type: ignore[arg-type]
+            self.close()  # the block that scoped the checkout
             return
         con.with_blocks = blocks + 1 if blocks < 0 else blocks - 1
         if exc_type is None:
@@ -318,6 +301,9 @@ class PooledPgConnection(_DBAPI):
 
 
 def _forwarding_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """The method ``name`` of the checked-out connection (looked up on the instance: a pool
+    behind a transaction pooler guards some of them there, see pooling.refuse_what_breaks)."""
+
     def method(self: PooledPgConnection, *args: Any, **kwargs: Any) -> Any:
         con = self._con
         if con is None:
@@ -348,17 +334,42 @@ def _client_method(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 _CLIENT_METHODS = ("set_cast_hook", "set_non_blocking", "set_notice_receiver")
 
 
+def _forwarding_property(name: str) -> property:
+    """A read-only attribute of the checked-out steady connection."""
+
+    def read(self: PooledPgConnection) -> Any:
+        return getattr(self._live(), name)
+
+    read.__name__ = name
+    return property(read, doc=getattr(SteadyPgConnection, name).__doc__)
+
+
+def _private_attribute(name: str) -> property:
+    """One of pg.DB's own underscore helpers, on the underlying pg.DB."""
+
+    def read(self: PooledPgConnection) -> Any:
+        return getattr(self._live()._live_db(), name)
+
+    read.__name__ = name
+    return property(read)
+
+
 def _install_forwarders() -> None:
-    names = set(api_method_names()) | {"ping", "in_transaction", "is_lost"}
-    for name in sorted(names):
-        if name in PooledPgConnection.__dict__:
-            continue
+    """Every method and attribute of pg.DB, and pgregistry's ``ping()``, ``is_lost()`` and
+    ``in_transaction``, spelt out on the class: no ``__getattr__``, which would make every
+    attribute read of the proxy (its own slots included) several times slower."""
+    names = {*api_method_names(), *DB_ATTRIBUTES, "ping", "in_transaction", "is_lost"}
+    cls = PooledPgConnection
+    for name in sorted(names - set(cls.__dict__)):
         attr = getattr(SteadyPgConnection, name)
         if isinstance(attr, property):
-            continue
-        setattr(PooledPgConnection, name, _forwarding_method(name, attr))
+            setattr(cls, name, _forwarding_property(name))
+        else:
+            setattr(cls, name, _forwarding_method(name, attr))
     for name in _CLIENT_METHODS:
-        setattr(PooledPgConnection, name, _client_method(name, getattr(pg.Connection, name)))
+        setattr(cls, name, _client_method(name, getattr(pg.Connection, name)))
+    for name in sorted(_DB_PRIVATE - set(cls.__dict__)):
+        setattr(cls, name, _private_attribute(name))
 
 
 _install_forwarders()

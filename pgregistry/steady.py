@@ -59,7 +59,7 @@ from .errors import (
 )
 from .policies import ResetPolicy
 from .pooling import refuse_what_breaks
-from .priming import prime_types
+from .priming import NATIVE_TYPES, prime_types
 from .roles import required_role, server_has_role
 from .stats import Counter
 from .wire import WATCH, ask, cut_off, ended_on_server, wait_for_eof
@@ -69,6 +69,9 @@ __all__ = ["SetSession", "SteadyPgConnection"]
 _TRANS_IDLE: int = pg.TRANS_IDLE
 _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
 _TRANS_ACTIVE: int = pg.TRANS_ACTIVE
+_Query = pg.Query
+_DB_QUERY = pg.DB.query
+_NO_KWARGS: dict[str, Any] = {}
 _log = logging.getLogger("pgregistry.connection")
 
 # How often a new connection is opened again when it is lost while its setsession runs.
@@ -175,9 +178,15 @@ class SteadyPgConnection(CallPath, _DBAPI):
         self._channels: set[str] = set()
         #: Client state taken from a connection let go, for the one that replaces it.
         self._carry: ClientState | None = None
-        #: The raw connection while the borrower left nothing to clean, else None: the one
-        #: attribute the cheapest return path reads (see idle_on_server).
-        self._cnx_if_clean: Any = None
+        #: libpq's transaction status of the connection (its bound ``transaction()``) while the
+        #: borrower left nothing to clean and no ``begin()`` is open, else None: all that the
+        #: cheapest return path reads (see the pool's _checkin).
+        self.clean_state: Callable[[], int] | None = None
+        # The bound methods of the current pg.Connection that every statement calls: looking
+        # a method up on a pg.Connection costs about as much as the call itself. Valid while
+        # self._db is not None (every close sets it to None first).
+        self._cnx_state: Callable[[], int] = _unknown_state
+        self._cnx_query: Callable[..., Any] = _no_query
         #: No call has gone to the server since the connection was given back (or opened):
         #: the pool's proxy decides by it what ``with`` means (see PooledPgConnection).
         #: Written, never read, on the hot paths: with __getattr__ on the class, a load costs
@@ -249,6 +258,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
                 # The borrower's debug, typecasts, hooks go over to the new pg.DB.
                 self._carry = ClientState(old)
             self._db, self._cnx, self._poller = None, None, None
+            self.clean_state = None
             self._reopen_pending = True
             self._let_go(old)
         for attempt in range(1, _SESSION_ATTEMPTS + 1):
@@ -277,15 +287,16 @@ class SteadyPgConnection(CallPath, _DBAPI):
                         f"ran: {lost}"
                     ) from None
         self._db, self._cnx = db, db.db
+        self._cnx_state, self._cnx_query = db.db.transaction, db.db.query  # type: ignore[union-attr]
         self._reopen_pending = False
-        self._primed = set()
+        self._primed = set(NATIVE_TYPES)
         self._dead = False
         self._poller = select.poll()  # not select.select: that fails for descriptors > 1023
         self._poller.register(db.db.socket, WATCH)  # type: ignore[union-attr]
         self._transaction = False
         self._usage = 0
         self._dirt &= ~TEMP  # the temporary objects went with the old session
-        self._cnx_if_clean = None if self._dirt else self._cnx
+        self.clean_state = None if self._dirt else self._cnx_state
         carry, self._carry = self._carry, None
         if carry is not None:
             carry.apply(db)
@@ -350,6 +361,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
 
     def _close_now(self) -> None:
         db, self._db, self._cnx = self._db, None, None
+        self.clean_state = None
         self._transaction = False
         self._reopen_pending = False
         if db is not None:
@@ -398,13 +410,14 @@ class SteadyPgConnection(CallPath, _DBAPI):
             self._prepare_session(db)  # closes db if it fails
         except BaseException:
             self._db, self._cnx, self._poller = None, None, None
+            self.clean_state = None
             self._reopen_pending = True  # a new connection at the next use
             raise
         borrower.flush_caches(db)
         self._primed.clear()
         self._dirt &= ~TEMP
         self._poller = select.poll()
-        self._poller.register(cnx.socket, select.POLLIN)
+        self._poller.register(cnx.socket, WATCH)
         self._transaction = False
         self.fresh = False
         self._usage = 0
@@ -446,25 +459,6 @@ class SteadyPgConnection(CallPath, _DBAPI):
         cnx = self._cnx
         state: int = _TRANS_UNKNOWN if cnx is None else cnx.transaction()
         return state
-
-    def idle_on_server(self) -> bool:
-        """True when the connection is open, the server reports no transaction, and the
-        borrower left nothing to clean (no LISTEN, temporary object or client-side change).
-
-        Clears the ``begin()`` mark in that case (a raw ``COMMIT`` may have ended it), so the
-        cheapest return path needs no round trip and no reset.
-        """
-        cnx = self._cnx_if_clean  # None when the borrower left something to clean
-        if cnx is None:
-            return False
-        try:
-            if cnx.transaction() != _TRANS_IDLE:
-                return False
-        except TypeError:  # closed under us (db.db.close()): not idle, and lost
-            return False
-        self._transaction = False
-        self.fresh = True
-        return True
 
     def reset_on_return(self, policy: ResetPolicy) -> bool:
         """Clean the session for the next borrower as ``policy`` says (I/O; raises on failure).
@@ -510,7 +504,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
             self.flush_caches()  # the next borrower's pg.DB knows nothing of the old schema
         self._transaction = False
         self.fresh = True
-        self._cnx_if_clean = self._cnx
+        self.clean_state = None if self._db is None else self._cnx_state
         return in_transaction
 
     def _clean_session(self, cnx: Any, dirt: int) -> None:
@@ -537,6 +531,45 @@ class SteadyPgConnection(CallPath, _DBAPI):
 
     # -- what a borrower does (noted by the pool's proxy) ----------------------------------
 
+    def query(self, command: str, *args: Any) -> Any:
+        """``pg.DB.query`` through the call path (see :meth:`_run`), its result's types resolved
+        (see :meth:`prime_types`).
+
+        The common case is written out here rather than left to the generic wrapper, as it is
+        what every request pays: an open connection, no ``debug``, nothing to reopen. It takes
+        the same steps as :meth:`_run` and calls the ``pg.Connection`` as ``pg.DB.query``
+        would; anything else goes through :meth:`_run`.
+        """
+        db = self._db
+        if db is None or db.debug or self._dead or self._usage >= self._maxusage:
+            result = self._run(_DB_QUERY, (command, *args), _NO_KWARGS)
+        else:
+            state = self._cnx_state()
+            if (
+                state == _TRANS_IDLE
+                and not self._transaction
+                and (ready := self._poller.poll(0))
+                and ended_on_server(self._cnx, ready[0][1])
+            ):
+                self._found_dead(_DB_QUERY)
+                result = self._run(_DB_QUERY, (command, *args), _NO_KWARGS)
+            else:
+                self.fresh = False
+                try:
+                    result = self._cnx_query(command, args) if args else self._cnx_query(command)
+                except Exception as exc:
+                    result = self._recover(exc, state, _DB_QUERY, (command, *args), _NO_KWARGS)
+                else:
+                    self._usage += 1
+        if type(result) is _Query:
+            primed = self._primed
+            fields: Any = result.fieldinfo()  # type: ignore[call-arg]  # column is optional
+            for field in fields:
+                if field[1] not in primed:
+                    self.prime_types(result)
+                    break
+        return result
+
     def note_statement(self, command: str, utility: bool = True) -> None:
         """Note LISTEN/UNLISTEN, temporary objects and schema changes in ``command`` (no I/O).
 
@@ -545,13 +578,13 @@ class SteadyPgConnection(CallPath, _DBAPI):
         dirt = borrower.scan_statement(command, self._channels, utility)
         if dirt:
             self._dirt |= dirt
-            self._cnx_if_clean = None
+            self.clean_state = None
 
     def note_client_change(self, dirt: int = CLIENT) -> None:
         """The borrower changed client-side state (or had the raw connection): clean it on
         return, carry it over a reopen. The resolved typecasts are checked again."""
         self._dirt |= dirt
-        self._cnx_if_clean = None
+        self.clean_state = None
         self._primed.clear()
 
     @property
@@ -563,7 +596,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
     def debug(self, value: Any) -> None:
         self._live_db().debug = value
         self._dirt |= CLIENT
-        self._cnx_if_clean = None
+        self.clean_state = None
 
     def prime_types(self, result: object) -> None:
         """Look up now every type that reading ``result`` could make PyGreSQL look up later
@@ -638,6 +671,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
         results = ask(self._cnx, self._poller, sql, self.probe_timeout)
         if results is None:
             old, self._db, self._cnx, self._poller = self._db, None, None, None
+            self.clean_state = None
             self._reopen_pending = self._dead = True
             if old is not None:
                 _close_quietly(old)
@@ -672,6 +706,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
         """Begin a transaction; until it ends, nothing is reopened and errors pass through."""
         result = self._run(pg.DB.begin, (mode,), {})
         self._transaction = True
+        self.clean_state = None  # until commit() or rollback()
         statement = self.begin_statement
         if statement is not None:
             # Transaction-scoped settings behind a transaction pooler (SET LOCAL ...).
@@ -685,7 +720,7 @@ class SteadyPgConnection(CallPath, _DBAPI):
         try:
             return self._run(pg.DB.commit, (), {})
         finally:
-            self._transaction = False
+            self._ended()
 
     end = commit
 
@@ -701,9 +736,15 @@ class SteadyPgConnection(CallPath, _DBAPI):
         try:
             return self._run(pg.DB.rollback, (), {})
         finally:
-            self._transaction = False
+            self._ended()
 
     abort = rollback
+
+    def _ended(self) -> None:
+        """The transaction of ``begin()`` ended: the cheapest return path is open again."""
+        self._transaction = False
+        if not self._dirt and self._db is not None:
+            self.clean_state = self._cnx_state
 
     def __enter__(self) -> SteadyPgConnection:
         """``with conn:`` runs the block in a transaction: commit, or roll back on error."""
@@ -724,17 +765,19 @@ class SteadyPgConnection(CallPath, _DBAPI):
 
     # -- plain attributes ---------------------------------------------------------------------
 
-    def __getattr__(self, name: str) -> Any:
-        # Attributes of the connection (status, backend_pid, server_version, dbname, ...).
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._live_db(), name)
-
     def __dir__(self) -> list[str]:
         names = set(super().__dir__())
         if self._db is not None:
             names.update(dir(self._db))
         return sorted(names)
+
+
+def _unknown_state() -> int:
+    return _TRANS_UNKNOWN
+
+
+def _no_query(*args: Any) -> Any:
+    raise pg.InternalError("Connection is not valid")
 
 
 def _close_quietly(db: pg.DB) -> None:
