@@ -18,7 +18,7 @@ import pg
 
 from .conninfo import redact
 from .errors import PoolClosedError, PoolTimeoutError
-from .pool_state import PoolState
+from .pool_state import PoolState, pop_idle, take_all
 from .proxy import Slot
 from .stats import Counter
 
@@ -27,6 +27,7 @@ __all__ = ["CLOSED", "LOOK", "OPEN", "PLACE", "HandOff", "Waiter"]
 # How often a waiter looks for connections held by results that have been released, in s.
 _HELD_POLL = 0.005
 _TRANS_IDLE: int = pg.TRANS_IDLE
+_monotonic = time.monotonic
 # Reaching maxconnections is logged at most this often per pool, in seconds.
 LIMIT_LOG_INTERVAL = 60.0
 
@@ -213,8 +214,8 @@ class HandOff(PoolState):
         with self._lock:
             # While it was out of the queue, a connection may have gone idle, or a place may
             # have come free, with no one queued to be handed it: take that instead.
-            if self._idle and not self._closed:
-                waiter.result = self._idle.pop()
+            if self._idle and not self._closed and (slot := pop_idle(self._idle)) is not None:
+                waiter.result = slot
             elif not self._closed and (
                 not self._maxconnections or self._size < self._maxconnections
             ):
@@ -224,7 +225,11 @@ class HandOff(PoolState):
             else:
                 waiter.result = None
                 self._waiters.appendleft(waiter)
-                return waiter
+                self._serve_from_idle()
+                if waiter.result is None:
+                    return waiter
+                waiter.gate.acquire()  # served (and counted) at once: take back its release
+                return None
             self._count_served(waiter)
         return None
 
@@ -286,13 +291,14 @@ class HandOff(PoolState):
 
     def _checkin(self, slot: Slot, *, fresh: bool = False) -> None:
         """Reset a returned connection, then hand it to a waiter, pool it, or close it."""
+        extras = self._extras
         if fresh:
             keep = True
         else:
             observer = self._observer
-            if observer is not None:
+            if extras and observer is not None:
                 try:
-                    observer.on_checkin(time.monotonic() - slot.since)
+                    observer.on_checkin(_monotonic() - slot.since)
                 except Exception:
                     self._observer_failed()
             # The default policy on an idle connection the borrower left clean (no LISTEN,
@@ -312,14 +318,14 @@ class HandOff(PoolState):
             except BaseException:
                 self._drop(slot)  # interrupted (a signal) in the reset: close, free the place
                 raise
-        if self._log_checkouts:
+        if extras and self._log_checkouts:
             self.logger.debug("pool %r: return (keep %s)", self.name, keep)
-        now = time.monotonic()
+        now = _monotonic()
         if keep and now >= slot.expires_at:
             keep = False
             with self._lock:
                 self._counts[Counter.EXPIRED] += 1
-        elif keep and self._check_role and not slot.conn.role_ok():
+        elif keep and extras and self._check_role and not slot.conn.role_ok():
             keep = False  # demoted, fenced or promoted: never pooled again
             with self._lock:
                 self._counts[Counter.WRONG_ROLE] += 1
@@ -350,6 +356,29 @@ class HandOff(PoolState):
             self._freed(1)
         if self._held:
             self._release_held()
+
+    def _serve_from_idle(self) -> None:
+        """Hand idle connections to the oldest waiters, while there are both (under the lock).
+
+        Called right after a waiter is queued: a connection returned without the lock (see
+        PooledPgConnection.close) may have gone idle after the waiter looked, and before it
+        was queued.
+        """
+        while self._waiters and (slot := pop_idle(self._idle)) is not None:
+            self._hand_over(slot)
+
+    def _settle(self) -> None:
+        """After a return without the lock: serve the waiters that queued meanwhile, or, if
+        the pool was closed meanwhile, close what is idle (as close() does)."""
+        with self._lock:
+            if not self._closed:
+                self._serve_from_idle()
+                return
+            taken = take_all(self._idle)
+            self._size -= len(taken)
+        for slot in taken:
+            self._close_slot(slot)
+        self._freed(len(taken))
 
     def _reset_on_return(self, slot: Slot) -> bool:
         """Apply the reset policy; False when the connection must be closed instead."""

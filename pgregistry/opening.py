@@ -14,6 +14,7 @@ from .conninfo import redact
 from .errors import PoolClosedError, ServerFullError
 from .handoff import PLACE, HandOff
 from .logs import RateLimit
+from .pool_state import pop_idle
 from .proxy import Slot
 from .stats import Counter
 from .steady import SteadyPgConnection
@@ -235,8 +236,8 @@ class Opening(HandOff):
             with self._lock:
                 if self._closed:
                     raise PoolClosedError(f"pool {self.name!r} was closed while waiting")
-                if self._idle:
-                    return self._idle.pop(), False
+                if self._idle and (slot := pop_idle(self._idle)) is not None:
+                    return slot, False
             try:
                 return self._new_slot(), True
             except ServerFullError as again:

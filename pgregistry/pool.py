@@ -48,6 +48,7 @@ from .logs import LogFields, RateLimit
 from .maintenance import Maintenance, Task
 from .opening import Opening
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
+from .pool_state import take_all
 from .proxy import PooledPgConnection, Slot
 from .roles import required_role
 from .stats import COUNTERS, Counter, PoolObserver, PoolStats
@@ -66,7 +67,6 @@ _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
 _perf = time.perf_counter
 _refcount = sys.getrefcount
-_new_proxy = object.__new__
 _POOLS: weakref.WeakSet[PooledPg] = weakref.WeakSet()
 # The pool's own files, skipped when the stack of a checkout is kept for leak reports.
 _OWN_FILES = frozenset({__file__, leak.__file__, handoff.__file__})
@@ -225,7 +225,9 @@ class PooledPg(Opening, Upkeep):
         self._budget = budget
         self._generation = 0
         self._counts = dict.fromkeys(COUNTERS, 0)
-        self._checkouts = 0  # a counter of its own: it is on the fast path
+        self._checkouts = 0  # checkouts counted under the lock (slow paths)
+        # Checkouts of the fast path, which takes no lock: next() on a count is atomic.
+        self._fast_checkouts = itertools.count()
         self._wait_ns = 0
         # Checkout pings a connection idle longer than this (inf: never, -1: always).
         self._ping_window = {
@@ -240,9 +242,10 @@ class PooledPg(Opening, Upkeep):
         # Checkout/return DEBUG records cost too much to ask the logger on every checkout:
         # the answer is refreshed by every maintenance round and every slow checkout.
         self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
+        self._observer: PoolObserver | None = None
+        self._update_fast_path()
         self._limit_hits = 0
         self._limit_logged_at = -LIMIT_LOG_INTERVAL
-        self._observer: PoolObserver | None = None
         self._refill_failures = RateLimit(LIMIT_LOG_INTERVAL)
         self._server_full_said = RateLimit(LIMIT_LOG_INTERVAL)
         #: Whether a server-side pooler was found in the way at the first open (None: not
@@ -258,6 +261,7 @@ class PooledPg(Opening, Upkeep):
             budget.join(self)
 
         self._closed = self._halted = False
+        self._update_fast_path()
         self._fill(mincached, raise_errors=True)
         self._start_upkeep()
         self.logger.info(
@@ -286,6 +290,7 @@ class PooledPg(Opening, Upkeep):
         test of an attribute. An observer that raises is logged once and dropped.
         """
         self._observer = observer
+        self._update_fast_path()
 
     def _notify(self, method: Callable[..., None], *args: float) -> None:
         try:
@@ -295,6 +300,7 @@ class PooledPg(Opening, Upkeep):
 
     def _observer_failed(self) -> None:
         self._observer = None
+        self._update_fast_path()
         self.logger.exception("pool %r: observer failed; it is dropped", self.name)
 
     # -- checkout -----------------------------------------------------------------------------
@@ -306,16 +312,48 @@ class PooledPg(Opening, Upkeep):
         ``maxconnections`` and not blocking), :class:`PoolTimeoutError` (waited ``timeout``),
         or :class:`~pgregistry.ServerUnavailableError` (a needed new connection failed).
         """
-        # The fast path (an idle connection that needs no check) is kept flat on purpose: it
-        # is what every request pays.
+        # The fast path: an idle connection, every option that costs on checkout off. It
+        # takes no lock: popping from the deque is atomic, and every other taker of idle
+        # connections pops too (under the lock), so each goes to exactly one of them. It
+        # only ever takes; what must be atomic with giving (waiters) stays under the lock.
+        if self._fast:
+            try:
+                slot = self._idle.pop()
+            except IndexError:
+                return self._connection()
+            owned: Slot | None = slot  # popped here and not yet in a proxy (see the except)
+            try:
+                next(self._fast_checkouts)
+                now = _monotonic()
+                if now >= slot.expires_at or now - slot.since > self._ping_window:
+                    owned = None  # _refresh gives it back itself if it fails
+                    owned = slot = self._refresh(slot, now)
+                slot.since = now
+                proxy = PooledPgConnection()  # no __init__: the fields are set here
+                proxy._pool = self
+                proxy._con = slot.conn
+                proxy._result = None
+                proxy._slot = slot
+            except BaseException:
+                if owned is not None:  # interrupted (a signal) before the proxy had it
+                    with self._lock:
+                        self._checkouts -= 1
+                    self._checkin(owned, fresh=True)
+                raise
+            return proxy
+        return self._connection()
+
+    def _connection(self) -> PooledPgConnection:
+        """connection() with every option, and when no connection is idle."""
         observer = self._observer
         started = _perf() if observer is not None else 0.0
         owned: Slot | None = None  # popped here and not yet in a proxy (see the except)
         try:
             with self._lock:
                 if self._idle and not self._halted:
-                    owned = self._idle.pop()
-                    self._checkouts += 1
+                    with contextlib.suppress(IndexError):  # the fast path took it meanwhile
+                        owned = self._idle.pop()
+                        self._checkouts += 1
             if owned is None:
                 slot = self._checkout_slow()
                 if slot is None:  # a connection came back between the two locks: take it
@@ -335,7 +373,7 @@ class PooledPg(Opening, Upkeep):
                     self._track(slot)
             if self._log_checkouts:
                 self.logger.debug("pool %r: checkout", self.name)
-            proxy = _new_proxy(PooledPgConnection)
+            proxy = PooledPgConnection()  # no __init__: the fields are set here
             proxy._pool = self
             proxy._con = slot.conn
             proxy._result = None
@@ -425,6 +463,7 @@ class PooledPg(Opening, Upkeep):
                     waiter = Waiter()
                     self._waiters.append(waiter)
                     waiter.looking = bool(self._held)
+                    self._serve_from_idle()
                 else:
                     if not self._blocking:
                         self._counts[Counter.REFUSED] += 1
@@ -435,8 +474,9 @@ class PooledPg(Opening, Upkeep):
                         # Connections held by results come back without being returned: with
                         # some held already, this waiter looks for them itself.
                         waiter.looking = bool(self._held)
+                        self._serve_from_idle()
                     limit_hits = self._count_limit_hit()
-            self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
+            self._refresh_log_checkouts()
             if limit_hits:
                 # Waiting at the limit is a blocking pool doing its job: INFO. Refusing callers
                 # (blocking off) is an error for them: WARNING. Timeouts warn on their own.
@@ -503,6 +543,7 @@ class PooledPg(Opening, Upkeep):
             if self._closed or self._paused:
                 return
             self._paused = self._halted = True
+            self._update_fast_path()
             self._resumed.clear()
         self.logger.info("pool %r paused: checkouts wait for resume()", self.name)
 
@@ -513,6 +554,7 @@ class PooledPg(Opening, Upkeep):
                 return
             self._paused = False
             self._halted = self._closed
+            self._update_fast_path()
         self._resumed.set()
         self.logger.info("pool %r resumed", self.name)
 
@@ -546,7 +588,8 @@ class PooledPg(Opening, Upkeep):
             if self._closed:
                 return
             self._closed = self._halted = True
-            idle, self._idle = list(self._idle), deque()
+            self._update_fast_path()
+            idle = take_all(self._idle)
             self._size -= len(idle)
             waiters, self._waiters = list(self._waiters), deque()
             for waiter in waiters:
@@ -610,7 +653,8 @@ class PooledPg(Opening, Upkeep):
         with self._lock:
             idle = len(self._idle)
             open_now = self._size - self._opening
-            counts = dict(self._counts, checkouts=self._checkouts)
+            checkouts = self._checkouts + _count_value(self._fast_checkouts)
+            counts = dict(self._counts, checkouts=checkouts)
             waiting = len(self._waiters)
             wait_ms = self._wait_ns / 1e6
         stats: PoolStats = {
@@ -653,8 +697,16 @@ class PooledPg(Opening, Upkeep):
         self._opening = 0
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._checkouts = 0
+        self._fast_checkouts = itertools.count()
         self._wait_ns = 0
         self._restart_upkeep = self._upkeep is not None and not self._closed
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    """How far ``counter`` has counted (itertools.count has no reader but its pickle state)."""
+    state: Any = counter.__reduce__()
+    value: int = state[1][0]
+    return value
 
 
 def _after_fork_in_child() -> None:

@@ -13,6 +13,7 @@ unread result. Under a server budget every place also holds one unit of the budg
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
     from .handoff import Waiter
     from .maintenance import Maintenance, Task
 
-__all__ = ["PoolState"]
+__all__ = ["PoolState", "pop_idle", "take_all"]
+
+# Python 3.13's free-threaded build runs without the GIL: what relies on its ordering is off.
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class PoolState:
@@ -52,6 +56,13 @@ class PoolState:
     _generation: int
     _counts: dict[str, int]  # keyed by Counter members (a StrEnum)
     _checkouts: int
+    #: connection() may take its lock-free path: not halted, no option that costs on checkout.
+    _fast: bool
+    #: An option that costs on checkout and return is on (observer, role check, leaks, DEBUG).
+    _extras: bool
+    _halted: bool
+    #: _checkin may pool a clean idle connection without the lock (see _update_fast_path).
+    _quick_return: bool
     _wait_ns: int
     _observer: PoolObserver | None
     _log_checkouts: bool
@@ -78,7 +89,31 @@ class PoolState:
     _own_maintenance: bool
     _upkeep: Task | None
 
+    def _update_fast_path(self) -> None:
+        """Recompute :attr:`_fast` and :attr:`_extras` after one of their inputs changed."""
+        self._extras = bool(
+            self._observer is not None
+            or self._check_role
+            or self._leak_threshold
+            or self._log_checkouts
+        )
+        self._fast = not self._halted and not self._extras
+        # A return may skip the lock where it cannot exceed maxcached (no cap below
+        # maxconnections), and where the GIL orders every step (not a free-threaded build).
+        cap_free = not self._maxcached or 0 < self._maxconnections <= self._maxcached
+        self._quick_return = not self._extras and cap_free and _GIL and self._rollback_if_needed
+
+    def _refresh_log_checkouts(self) -> None:
+        """Ask the logger again whether checkouts are logged (too dear for every checkout)."""
+        logged = self.logger.isEnabledFor(logging.DEBUG)
+        if logged != self._log_checkouts:
+            self._log_checkouts = logged
+            self._update_fast_path()
+
     def _fill(self, target: int, *, raise_errors: bool) -> None:
+        raise NotImplementedError
+
+    def _serve_from_idle(self) -> None:
         raise NotImplementedError
 
     def _notify(self, method: Callable[..., None], *args: float) -> None:
@@ -111,3 +146,25 @@ class PoolState:
 
     def oldest_idle_since(self) -> float | None:
         raise NotImplementedError
+
+
+def pop_idle(idle: deque[Slot]) -> Slot | None:
+    """The most recently returned idle connection, or None.
+
+    Every taker of idle connections pops (the fast checkout without the pool lock), so a
+    deque seen non-empty may be empty by the time it is popped.
+    """
+    try:
+        return idle.pop()
+    except IndexError:
+        return None
+
+
+def take_all(idle: deque[Slot]) -> list[Slot]:
+    """Empty ``idle`` by popping, oldest first (never by copying it: see :func:`pop_idle`)."""
+    taken: list[Slot] = []
+    while True:
+        try:
+            taken.append(idle.popleft())
+        except IndexError:
+            return taken

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["PooledPgConnection", "Slot"]
 
 _refcount = sys.getrefcount
+_monotonic = time.monotonic
 _Query = pg.Query
+_TRANS_IDLE: int = pg.TRANS_IDLE
 # pg.DB's own helpers with a leading underscore (_do_debug, _escape_qualified_name, ...):
 # forwarded too, since code written against pg.DB may call them.
 _DB_PRIVATE = frozenset(
@@ -91,6 +93,7 @@ class PooledPgConnection(_DBAPI):
                 f"connection of pool {self._pool.name!r} was already returned to the pool"
             )
         pool = self._pool
+        quick = False
         try:
             self._slot = self._con = None
             result = self._result
@@ -105,9 +108,43 @@ class PooledPgConnection(_DBAPI):
                 elif _refcount(result) > 2:
                     pool._hold(slot, result)
                     return
+            if pool._quick_return:
+                # The common return, written out here (the rest is the pool's _checkin): the
+                # default reset on an idle connection the borrower left clean (no LISTEN,
+                # temporary object, client-side change or open begin()), within its
+                # lifetime, nobody waiting. Nothing to send, and no lock: nothing here can
+                # exceed a limit (see PoolState._update_fast_path). Looked at again after the
+                # append: a caller that queued to wait, or a close() of the pool, in between
+                # looked at the idle connections before this one was among them; either that
+                # second look sees it, or they saw it (both sides write first, then read: see
+                # HandOff._serve_from_idle).
+                conn = slot.conn
+                state_of = conn.clean_state
+                try:
+                    idle = state_of is not None and state_of() == _TRANS_IDLE
+                except TypeError:  # closed under us (db.db.close()): the reset path sees it
+                    idle = False
+                if idle:
+                    now = _monotonic()
+                    quick = (
+                        now < slot.expires_at
+                        and slot.generation == pool._generation
+                        and not pool._waiters
+                        and not pool._closed
+                    )
+                    if quick:
+                        conn.fresh = True
+                        slot.since = now
         except BaseException:
             pool._checkin(slot)  # interrupted (a signal) before it was handed on
             raise
+        if quick:
+            pool._idle.append(slot)  # outside the try: from here on it is the pool's
+            if pool._waiters or pool._closed:
+                pool._settle()
+            if pool._held:
+                pool._release_held()
+            return
         pool._checkin(slot)
 
     def _give_back(self) -> None:

@@ -8,14 +8,12 @@ budget, gives up its longest-idle connection on request. Runs on a
 
 from __future__ import annotations
 
-import logging
 import time
-from collections import deque
 
 from . import leak
 from .maintenance import Maintenance, Task
 from .policies import PingPolicy
-from .pool_state import PoolState
+from .pool_state import PoolState, take_all
 from .proxy import Slot
 from .stats import Counter
 
@@ -72,17 +70,18 @@ class Upkeep(PoolState):
         if self._held:
             self._release_held()
         now = time.monotonic()
-        self._log_checkouts = self.logger.isEnabledFor(logging.DEBUG)
+        self._refresh_log_checkouts()
         expired: list[Slot] = []
         surplus: list[Slot] = []
         to_ping: list[Slot] = []
         with self._lock:
             if self._closed:
                 return False
-            keep: deque[Slot] = deque()
-            idle_total = len(self._idle)
+            keep: list[Slot] = []
+            idle = take_all(self._idle)  # popped: the fast checkout pops without the lock
+            idle_total = len(idle)
             # Oldest-returned first: those at the bottom of the stack age out first.
-            for slot in self._idle:
+            for slot in idle:
                 if now >= slot.expires_at:
                     expired.append(slot)
                 elif (
@@ -95,7 +94,7 @@ class Upkeep(PoolState):
                     to_ping.append(slot)
                 else:
                     keep.append(slot)
-            self._idle = keep
+            self._idle.extend(keep)
             self._size -= len(expired) + len(surplus)
             self._counts[Counter.EXPIRED] += len(expired)
             self._counts[Counter.IDLE_CLOSED] += len(surplus)
@@ -162,9 +161,10 @@ class Upkeep(PoolState):
     def close_one_idle(self) -> bool:
         """Close the longest-idle connection (a server budget asks); False if none is idle."""
         with self._lock:
-            if not self._idle:
+            try:
+                slot = self._idle.popleft()
+            except IndexError:
                 return False
-            slot = self._idle.popleft()
             self._size -= 1
             self._counts[Counter.STOLEN] += 1
         self._close_slot(slot)
