@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pg
 
@@ -23,11 +23,30 @@ from .failures import cause, ended_by_server, ending_statement, lost_error
 from .stats import Counter
 from .wire import ended_on_server
 
-__all__ = ["DB_ATTRIBUTES", "CallPath", "api_method_names", "install_wrappers"]
+__all__ = ["DBAPI", "DB_ATTRIBUTES", "CallPath", "api_method_names", "install_wrappers"]
 
 _TRANS_IDLE: int = pg.TRANS_IDLE
 _TRANS_UNKNOWN: int = pg.TRANS_UNKNOWN
 _READ_ONLY_SQL_TRANSACTION = "25006"
+
+
+if TYPE_CHECKING:
+
+    class DBAPI(pg.DB):
+        """What type checkers see of a steady or pooled connection: pg.DB's methods and
+        attributes with their real signatures, and nothing else.
+
+        pg.DB's own ``__getattr__`` (it forwards to the ``pg.Connection``) would let any name
+        through, a misspelt method included; here it is taken away, and what it reached
+        that pg.DB does not declare is declared.
+        """
+
+        __getattr__ = None  # type: ignore[assignment,misc]
+
+        def source(self) -> Any: ...
+
+else:
+    DBAPI = object  # at run time the methods are generated (see install_wrappers)
 
 
 class CallPath:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pg
 
 from .borrower import RAW
-from .callpath import DB_ATTRIBUTES, api_method_names
+from .callpath import DB_ATTRIBUTES, DBAPI, api_method_names
 from .errors import InvalidConnectionError
 from .leak import Frame
 from .steady import SteadyPgConnection
@@ -52,13 +52,7 @@ class Slot:
         self.leak_reported = False
 
 
-if TYPE_CHECKING:
-    from pg import DB as _DBAPI
-else:
-    _DBAPI = object
-
-
-class PooledPgConnection(_DBAPI):
+class PooledPgConnection(DBAPI):
     """A checked-out connection: the whole steady ``pg.DB`` API, returned on close.
 
     ``close()``, ``del`` or leaving ``with pool.connection() as db:`` returns the connection
@@ -77,6 +71,15 @@ class PooledPgConnection(_DBAPI):
     #: The last query result: while the caller still holds it, the connection is kept out of
     #: the pool (see close()).
     _result: object
+
+    if TYPE_CHECKING:  # installed with pg.DB's methods (see _install_forwarders)
+
+        def ping(self) -> bool: ...
+
+        def is_lost(self) -> bool: ...
+
+        @property
+        def in_transaction(self) -> bool: ...
 
     def close(self) -> None:
         """Return the connection to the pool; a second call raises InvalidConnectionError.

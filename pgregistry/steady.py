@@ -26,7 +26,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pg
 
@@ -41,7 +41,7 @@ from .borrower import (
     ClientState,
     PooledDbTypes,
 )
-from .callpath import CallPath, install_wrappers
+from .callpath import DBAPI, CallPath, install_wrappers
 from .connect_args import (
     SetSession,
     check_connect_args,
@@ -88,15 +88,7 @@ _LIVE: weakref.WeakSet[SteadyPgConnection] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
 
 
-if TYPE_CHECKING:
-    # Type checkers see the whole pg.DB API with its real signatures; at run time the methods
-    # are generated wrappers (see _install_wrappers) on a plain object.
-    from pg import DB as _DBAPI
-else:
-    _DBAPI = object
-
-
-class SteadyPgConnection(CallPath, _DBAPI):
+class SteadyPgConnection(CallPath, DBAPI):
     """A hardened ``pg.DB``: transparent reopen outside transactions, ``maxusage``, ``setsession``.
 
     ``SteadyPgConnection(maxusage=None, setsession=None, closeable=False, *args, **kwargs)``
