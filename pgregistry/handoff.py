@@ -337,6 +337,13 @@ class HandOff(PoolState):
             # Closed before its place is handed on, so a budget is never exceeded.
             self._drop(slot)
             return
+        self._place(slot, now)
+        if self._held:
+            self._release_held()
+
+    def _place(self, slot: Slot, now: float) -> None:
+        """A returned connection that is fit to pool: to the oldest waiter, else idle; closed
+        if the pool was closed, or if ``maxcached`` are idle already."""
         to_close: Slot | None = None
         with self._lock:
             if self._leak_threshold:
@@ -354,8 +361,6 @@ class HandOff(PoolState):
         if to_close is not None:
             self._close_slot(to_close)
             self._freed(1)
-        if self._held:
-            self._release_held()
 
     def _serve_from_idle(self) -> None:
         """Hand idle connections to the oldest waiters, while there are both (under the lock).

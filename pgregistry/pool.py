@@ -48,7 +48,7 @@ from .logs import LogFields, RateLimit
 from .maintenance import Maintenance, Task
 from .opening import Opening
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
-from .pool_state import take_all
+from .pool_state import pop_idle, take_all
 from .proxy import PooledPgConnection, Slot
 from .roles import required_role
 from .stats import COUNTERS, Counter, PoolObserver, PoolStats
@@ -316,10 +316,10 @@ class PooledPg(Opening, Upkeep):
         # takes no lock: popping from the deque is atomic, and every other taker of idle
         # connections pops too (under the lock), so each goes to exactly one of them. It
         # only ever takes; what must be atomic with giving (waiters) stays under the lock.
-        if self._fast:
+        if self._fast and self._idle:
             try:
                 slot = self._idle.pop()
-            except IndexError:
+            except IndexError:  # taken by another thread since the look
                 return self._connection()
             owned: Slot | None = slot  # popped here and not yet in a proxy (see the except)
             try:
@@ -349,11 +349,10 @@ class PooledPg(Opening, Upkeep):
         started = _perf() if observer is not None else 0.0
         owned: Slot | None = None  # popped here and not yet in a proxy (see the except)
         try:
-            with self._lock:
-                if self._idle and not self._halted:
-                    with contextlib.suppress(IndexError):  # the fast path took it meanwhile
-                        owned = self._idle.pop()
-                        self._checkouts += 1
+            if self._idle and not self._halted:
+                owned = pop_idle(self._idle)  # None if another thread took it since the look
+                if owned is not None:
+                    next(self._fast_checkouts)
             if owned is None:
                 slot = self._checkout_slow()
                 if slot is None:  # a connection came back between the two locks: take it
@@ -435,24 +434,18 @@ class PooledPg(Opening, Upkeep):
         limit_hits = 0
         if self._held:
             self._release_held()
-        with self._lock:
-            if self._closed:
-                raise PoolClosedError(f"pool {self.name!r} is closed")
-            paused = self._paused
-            if self._idle and not paused:
-                return None
-        if paused:
-            self._wait_for_resume()
-            return None  # resumed: look again from the start
         reserved = False
         try:
             with self._lock:
                 if self._closed:
                     raise PoolClosedError(f"pool {self.name!r} is closed")
-                if self._idle:
+                paused = self._paused
+                if self._idle and not paused:
                     return None
                 below_limit = not self._maxconnections or self._size < self._maxconnections
-                if below_limit and (not self._blocking or not self._opening):
+                if paused:
+                    pass  # waits for resume() below, outside the lock
+                elif below_limit and (not self._blocking or not self._opening):
                     self._size += 1
                     self._opening += 1
                     reserved = True
@@ -476,6 +469,9 @@ class PooledPg(Opening, Upkeep):
                         waiter.looking = bool(self._held)
                         self._serve_from_idle()
                     limit_hits = self._count_limit_hit()
+            if paused:
+                self._wait_for_resume()
+                return None  # resumed: look again from the start
             self._refresh_log_checkouts()
             if limit_hits:
                 # Waiting at the limit is a blocking pool doing its job: INFO. Refusing callers

@@ -129,12 +129,7 @@ class PooledPgConnection(DBAPI):
                     idle = False
                 if idle:
                     now = _monotonic()
-                    quick = (
-                        now < slot.expires_at
-                        and slot.generation == pool._generation
-                        and not pool._waiters
-                        and not pool._closed
-                    )
+                    quick = now < slot.expires_at and slot.generation == pool._generation
                     if quick:
                         conn.fresh = True
                         slot.since = now
@@ -142,9 +137,13 @@ class PooledPgConnection(DBAPI):
             pool._checkin(slot)  # interrupted (a signal) before it was handed on
             raise
         if quick:
-            pool._idle.append(slot)  # outside the try: from here on it is the pool's
+            # Outside the try: from here on the connection is the pool's.
             if pool._waiters or pool._closed:
-                pool._settle()
+                pool._place(slot, now)  # to the oldest waiter, under the lock
+            else:
+                pool._idle.append(slot)
+                if pool._waiters or pool._closed:
+                    pool._settle()
             if pool._held:
                 pool._release_held()
             return
