@@ -157,6 +157,10 @@ class Opening(HandOff):
             self._unreserve(missing - budgeted)
         for slot in opened:
             self._checkin(slot, fresh=True)
+        if opened:
+            # Callers that queued behind this refill (grow one at a time) and got none of it.
+            with self._lock:
+                self._grow_for_waiters()
         if error is not None:
             if raise_errors or not isinstance(error, Exception):
                 if raise_errors:
@@ -191,17 +195,21 @@ class Opening(HandOff):
         with self._lock:
             self._opening -= 1
             self._checkouts += count
-            if (
-                self._waiters
-                and not self._closed
-                and not self._opening
-                and (not self._maxconnections or self._size < self._maxconnections)
-            ):
-                # Callers are still waiting: the oldest opens the next connection.
-                self._size += 1
-                self._opening += 1
-                self._hand_over(PLACE)
+            self._grow_for_waiters()
         return slot
+
+    def _grow_for_waiters(self) -> None:
+        """Callers still waiting, nothing being opened, room to grow: the oldest opens the
+        next connection (under the lock). One at a time: each that succeeds passes it on."""
+        if (
+            self._waiters
+            and not self._closed
+            and not self._opening
+            and (not self._maxconnections or self._size < self._maxconnections)
+        ):
+            self._size += 1
+            self._opening += 1
+            self._hand_over(PLACE)
 
     def _wait_out_full_server(self, error: ServerFullError) -> tuple[Slot, bool]:
         """The server refused a connection at a limit (53300): backpressure, not a failure.

@@ -48,8 +48,8 @@ from .logs import LogFields, RateLimit
 from .maintenance import Maintenance, Task
 from .opening import Opening
 from .policies import PingPolicy, ResetPolicy, parse_ping, parse_reset
-from .pool_state import pop_idle, take_all
-from .proxy import PooledPgConnection, Slot
+from .pool_state import GIL_ENABLED, pop_idle, take_all
+from .proxy import LentConnection, PooledPgConnection, Slot
 from .roles import required_role
 from .stats import COUNTERS, Counter, PoolObserver, PoolStats
 from .upkeep import Upkeep
@@ -316,29 +316,31 @@ class PooledPg(Opening, Upkeep):
         # takes no lock: popping from the deque is atomic, and every other taker of idle
         # connections pops too (under the lock), so each goes to exactly one of them. It
         # only ever takes; what must be atomic with giving (waiters) stays under the lock.
-        if self._fast and self._idle:
+        idle = self._idle
+        if self._fast and idle:
+            owned: Slot | None = None  # taken here and not yet in a proxy (see the except)
             try:
-                slot = self._idle.pop()
-            except IndexError:  # taken by another thread since the look
-                return self._connection()
-            owned: Slot | None = slot  # popped here and not yet in a proxy (see the except)
-            try:
-                next(self._fast_checkouts)
+                # Owned before it is popped: a signal handler may raise as soon as pop()
+                # returns. Nothing runs between the look at `idle` above and these two lines
+                # (no call: no handler, and no other thread under the GIL, which the fast
+                # path requires), so the popped connection is the one owned.
+                owned = slot = idle[-1]
+                idle.pop()
                 now = _monotonic()
                 if now >= slot.expires_at or now - slot.since > self._ping_window:
                     owned = None  # _refresh gives it back itself if it fails
                     owned = slot = self._refresh(slot, now)
                 slot.since = now
-                proxy = PooledPgConnection()  # no __init__: the fields are set here
+                proxy = LentConnection()  # no __init__: the fields are set here
                 proxy._pool = self
                 proxy._con = slot.conn
                 proxy._result = None
                 proxy._slot = slot
+                owned = None  # the proxy gives it back from here on
+                next(self._fast_checkouts)  # counted once it succeeded
             except BaseException:
-                if owned is not None:  # interrupted (a signal) before the proxy had it
-                    with self._lock:
-                        self._checkouts -= 1
-                    self._checkin(owned, fresh=True)
+                if owned is not None:
+                    self._undo_checkout(owned, counted=False)
                 raise
             return proxy
         return self._connection()
@@ -348,11 +350,16 @@ class PooledPg(Opening, Upkeep):
         observer = self._observer
         started = _perf() if observer is not None else 0.0
         owned: Slot | None = None  # popped here and not yet in a proxy (see the except)
+        idle_pop = False  # counted here once it succeeds; from _checkout_slow, it was counted
         try:
             if self._idle and not self._halted:
-                owned = pop_idle(self._idle)  # None if another thread took it since the look
-                if owned is not None:
-                    next(self._fast_checkouts)
+                if GIL_ENABLED:  # owned before it is popped, as in connection()
+                    with contextlib.suppress(IndexError):  # taken since the look
+                        owned = self._idle[-1]
+                        self._idle.pop()
+                else:
+                    owned = pop_idle(self._idle)
+                idle_pop = owned is not None
             if owned is None:
                 slot = self._checkout_slow()
                 if slot is None:  # a connection came back between the two locks: take it
@@ -372,17 +379,17 @@ class PooledPg(Opening, Upkeep):
                     self._track(slot)
             if self._log_checkouts:
                 self.logger.debug("pool %r: checkout", self.name)
-            proxy = PooledPgConnection()  # no __init__: the fields are set here
+            proxy = LentConnection()  # no __init__: the fields are set here
             proxy._pool = self
             proxy._con = slot.conn
             proxy._result = None
             proxy._slot = slot
             owned = None  # the proxy gives it back from here on
+            if idle_pop:
+                next(self._fast_checkouts)
         except BaseException:
-            if owned is not None:  # interrupted (a signal) before the proxy had it
-                with self._lock:
-                    self._checkouts -= 1
-                self._checkin(owned, fresh=True)
+            if owned is not None:
+                self._undo_checkout(owned, counted=not idle_pop)
             raise
         if observer is not None:
             try:  # inline, not _notify(): this is on the path of every checkout
@@ -390,6 +397,14 @@ class PooledPg(Opening, Upkeep):
             except Exception:
                 self._observer_failed()
         return proxy
+
+    def _undo_checkout(self, slot: Slot, *, counted: bool) -> None:
+        """A checkout interrupted (a signal) before its proxy had the connection: the
+        connection goes back as it was taken, and the checkout is not counted."""
+        if counted:
+            with self._lock:
+                self._checkouts -= 1
+        self._checkin(slot, fresh=True)
 
     @contextlib.contextmanager
     def transaction(self, mode: str | None = None) -> Iterator[PooledPgConnection]:
@@ -699,10 +714,9 @@ class PooledPg(Opening, Upkeep):
 
 
 def _count_value(counter: itertools.count[int]) -> int:
-    """How far ``counter`` has counted (itertools.count has no reader but its pickle state)."""
-    state: Any = counter.__reduce__()
-    value: int = state[1][0]
-    return value
+    """How far ``counter`` has counted: itertools.count has no reader but its repr,
+    ``count(N)`` (its pickle support is deprecated since Python 3.12)."""
+    return int(repr(counter)[6:-1])
 
 
 def _after_fork_in_child() -> None:

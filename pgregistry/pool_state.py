@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from .handoff import Waiter
     from .maintenance import Maintenance, Task
 
-__all__ = ["PoolState", "pop_idle", "take_all"]
+__all__ = ["GIL_ENABLED", "PoolState", "pop_idle", "take_all"]
 
 # Python 3.13's free-threaded build runs without the GIL: what relies on its ordering is off.
-_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+GIL_ENABLED: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class PoolState:
@@ -97,11 +97,13 @@ class PoolState:
             or self._leak_threshold
             or self._log_checkouts
         )
-        self._fast = not self._halted and not self._extras
+        self._fast = not self._halted and not self._extras and GIL_ENABLED
         # A return may skip the lock where it cannot exceed maxcached (no cap below
         # maxconnections), and where the GIL orders every step (not a free-threaded build).
         cap_free = not self._maxcached or 0 < self._maxconnections <= self._maxcached
-        self._quick_return = not self._extras and cap_free and _GIL and self._rollback_if_needed
+        self._quick_return = (
+            not self._extras and cap_free and GIL_ENABLED and self._rollback_if_needed
+        )
 
     def _refresh_log_checkouts(self) -> None:
         """Ask the logger again whether checkouts are logged (too dear for every checkout)."""

@@ -23,7 +23,7 @@ from .steady import SteadyPgConnection
 if TYPE_CHECKING:
     from .pool import PooledPg
 
-__all__ = ["PooledPgConnection", "Slot"]
+__all__ = ["LentConnection", "PooledPgConnection", "ReturnedConnection", "Slot"]
 
 _refcount = sys.getrefcount
 _monotonic = time.monotonic
@@ -99,6 +99,7 @@ class PooledPgConnection(DBAPI):
         quick = False
         try:
             self._slot = self._con = None
+            self.__class__ = ReturnedConnection
             result = self._result
             if result is not None:
                 self._result = None
@@ -115,12 +116,12 @@ class PooledPgConnection(DBAPI):
                 # The common return, written out here (the rest is the pool's _checkin): the
                 # default reset on an idle connection the borrower left clean (no LISTEN,
                 # temporary object, client-side change or open begin()), within its
-                # lifetime, nobody waiting. Nothing to send, and no lock: nothing here can
-                # exceed a limit (see PoolState._update_fast_path). Looked at again after the
-                # append: a caller that queued to wait, or a close() of the pool, in between
-                # looked at the idle connections before this one was among them; either that
-                # second look sees it, or they saw it (both sides write first, then read: see
-                # HandOff._serve_from_idle).
+                # lifetime. Nothing to send. With nobody waiting, no lock either: nothing
+                # here can exceed a limit (see PoolState._update_fast_path). Looked at again
+                # after the append: a caller that queued to wait, or a close() of the pool,
+                # in between looked at the idle connections before this one was among them;
+                # either that second look sees it, or they saw it (both sides write first,
+                # then read: see HandOff._serve_from_idle).
                 conn = slot.conn
                 state_of = conn.clean_state
                 try:
@@ -180,6 +181,7 @@ class PooledPgConnection(DBAPI):
         fresh = self._pool.connection()
         self._slot, self._con = fresh._slot, fresh._con
         fresh._slot = fresh._con = None
+        self.__class__ = LentConnection
         try:
             self._live().reopen()
         except BaseException:
@@ -237,6 +239,19 @@ class PooledPgConnection(DBAPI):
             self._note_result(result)
             con.prime_types(result)
         return result
+
+    def prepare(self, name: str, command: str) -> None:
+        """pg.DB's ``prepare()``; what the statement may leave is cleaned on return."""
+        con = self._live()
+        con.prepare(name, command)
+        con.note_prepared(command)
+
+    def source(self) -> Any:
+        """pg.Connection's ``source()`` (a DB-API-like cursor): like ``db.db``, out of the
+        pool's sight, so the return cleans everything a borrower can leave."""
+        con = self._live()
+        con.note_client_change(RAW)
+        return con.source()
 
     def send_query(self, cmd: str, args: Any = None) -> Any:
         con = self._live()
@@ -325,14 +340,6 @@ class PooledPgConnection(DBAPI):
             con.commit()
         else:
             con.rollback()
-
-    def __del__(self) -> None:
-        # Not contextlib.suppress: this runs for every checkout, and try costs nothing.
-        if self._slot is not None:
-            try:  # noqa: SIM105
-                self._give_back()
-            except Exception:
-                pass
 
     def __repr__(self) -> str:
         state = "returned" if self._con is None else "checked out"
@@ -430,6 +437,49 @@ def _notification_handler(
     self._live()
     return pg.NotificationHandler(self, event, callback, arg_dict, timeout, stop_event)
 
+
+class LentConnection(PooledPgConnection):
+    """A proxy while checked out (what ``pool.connection()`` makes): collected without
+    ``close()`` (``del db``, ``pool.connection().query(...)``), it gives its connection back.
+
+    ``close()`` turns it into a :class:`ReturnedConnection`: a proxy given back has nothing
+    to give back when it is collected, and runs no ``__del__``.
+    """
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        # Not contextlib.suppress: this runs for every checkout not closed, and try costs
+        # nothing. (A proxy a signal cut short before its fields were set has no _slot.)
+        try:
+            if self._slot is not None:
+                self.close()
+        except Exception:
+            pass
+
+
+class ReturnedConnection(PooledPgConnection):
+    """A proxy given back. As pg.DB after ``close()``, reading any attribute it does not have
+    raises ``pg.InternalError`` (:class:`InvalidConnectionError`) rather than AttributeError.
+
+    The ``__getattr__`` that does so lives on this class only: CPython does not specialise
+    attribute access on a class that has one, and a checked-out proxy reads its own fields on
+    every call.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:  # type: ignore[override]  # see DBAPI
+        if name.startswith("__"):
+            raise AttributeError(name)  # protocols (copy, pickle, ...) look these up
+        raise InvalidConnectionError(
+            f"connection of pool {self._pool.name!r} was already returned to the pool"
+        )
+
+
+# Error messages and repr() name the class users know.
+for _cls in (LentConnection, ReturnedConnection):
+    _cls.__name__ = _cls.__qualname__ = "PooledPgConnection"
 
 PooledPgConnection.notification_handler = _notification_handler  # type: ignore[method-assign,assignment]
 # Aliases as in pg.DB (and SteadyPgConnection): the same methods, so db.start == db.begin.

@@ -572,6 +572,19 @@ class SteadyPgConnection(CallPath, DBAPI):
             self._dirt |= dirt
             self.clean_state = None
 
+    def note_prepared(self, command: str) -> None:
+        """Note what a statement prepared to run later (``prepare()``) may leave (no I/O).
+
+        When (and whether) it runs is not seen, so a prepared LISTEN or UNLISTEN gets
+        ``UNLISTEN *`` on return, whatever it listened on.
+        """
+        dirt = borrower.scan_statement(command, set())
+        if dirt & LISTENED:
+            dirt |= UNLISTEN_ALL
+        if dirt:
+            self._dirt |= dirt
+            self.clean_state = None
+
     def note_client_change(self, dirt: int = CLIENT) -> None:
         """The borrower changed client-side state (or had the raw connection): clean it on
         return, carry it over a reopen. The resolved typecasts are checked again."""

@@ -84,7 +84,9 @@ def test_notifications_left_after_an_unlisten_never_reach_the_next(
         assert db.getnotify() is None
 
 
-@pytest.mark.parametrize("how", ["query", "query_formatted", "send_query"])
+@pytest.mark.parametrize(
+    "how", ["query", "query_formatted", "send_query", "prepared", "source", "unexecuted"]
+)
 def test_a_listen_is_seen_whichever_way_it_is_sent(
     make_pool: MakePool, monitor: Monitor, how: str
 ) -> None:
@@ -96,9 +98,17 @@ def test_a_listen_is_seen_whichever_way_it_is_sent(
             query = db.send_query(statement)
             while query.getresult() is not None:
                 pass
+        elif how in ("prepared", "unexecuted"):  # a protocol-level prepare takes a LISTEN
+            db.prepare("pgrt_listen", statement)
+            if how == "prepared":
+                db.query_prepared("pgrt_listen")
+        elif how == "source":  # pg.Connection's own cursor, out of the pool's sight
+            db.source().execute(statement)
         else:
             getattr(db, how)(statement)
-    assert last_statement(monitor, pid) == "UNLISTEN *"
+    assert last_statement(monitor, pid) in ("UNLISTEN *", "DISCARD ALL")
+    with pool.connection() as db:
+        assert db.query("SELECT pg_listening_channels()").getresult() == []
 
 
 def test_the_default_return_unlistens_only_a_borrower_that_listened(

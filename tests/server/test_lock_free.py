@@ -9,6 +9,9 @@ the default 5 ms show up within a few thousand operations.
 
 from __future__ import annotations
 
+import gc
+import random
+import signal
 import sys
 import threading
 import time
@@ -152,3 +155,125 @@ def test_a_waiter_is_never_left_beside_an_idle_connection_when_returns_stop(
     assert bursts >= 10
     stats = pool.stats()
     assert stats["waiting"] == 0 and stats["in_use"] == 0
+
+
+# -- found by a hostile tester (each failed before its fix) -------------------------------------
+
+
+class Alarm(Exception):
+    """What a request-timeout signal handler raises."""
+
+
+def test_a_signal_anywhere_in_checkout_or_return_loses_no_place(make_pool: MakePool) -> None:
+    # One SIGALRM per checkout + return, at a random moment; its handler raises. The pop from
+    # the idle stack used to lose the connection when the handler ran right after it.
+    pool = make_pool(2, 0, 2, True, timeout=0.5, max_idle=None, ping="never")
+    armed = False
+
+    def handler(signum: int, frame: object) -> None:
+        if armed:
+            raise Alarm
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    rng = random.Random(1)
+    alarms = ops = 0
+    deadline = time.monotonic() + 3.0
+    try:
+        while time.monotonic() < deadline and ops + alarms < 100_000:
+            try:
+                armed = True
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 3e-4))
+                pool.connection().close()
+                armed = False
+                ops += 1
+            except Alarm:
+                armed = False
+                alarms += 1
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    gc.collect()
+
+    assert alarms > 100, (ops, alarms)
+    stats = pool.stats()
+    assert stats["open"] == stats["idle"] == 2 and stats["in_use"] == 0 and stats["waiting"] == 0
+    held = [pool.connection(), pool.connection()]  # every place can be lent again
+    for db in held:
+        db.close()
+
+
+def test_a_checkout_that_failed_is_not_counted(
+    make_pool: MakePool, monitor: Monitor, app_name: str
+) -> None:
+    opens = [0]
+
+    def setsession(db: Any) -> None:
+        opens[0] += 1
+        if opens[0] > 1:
+            raise RuntimeError("cannot open now")
+
+    pool = make_pool(1, 0, 2, True, setsession=setsession, ping="always", timeout=1)
+    monitor.terminate_app(app_name)  # the idle connection fails its ping at checkout
+    monitor.wait_count(app_name, 0)
+    with pytest.raises(RuntimeError):
+        pool.connection()
+    stats = pool.stats()
+    assert stats["ping_failed"] == 1
+    assert stats["checkouts"] == 0
+
+
+def test_callers_queued_behind_a_refill_each_open_a_connection(make_pool: MakePool) -> None:
+    # A blocking pool grows one connection at a time; callers that arrive while upkeep refills
+    # to mincached wait for that refill, and once it is done they must go on opening, not wait
+    # out their timeout next to free places.
+    pool = make_pool(1, 0, 4, True, setsession=["SELECT pg_sleep(0.3)"], timeout=2.0)
+    db = pool.connection()
+    db.db.close()  # lost: the pool is below mincached, upkeep refills within a second
+    db.close()
+    deadline = time.monotonic() + 4
+    while not pool._opening and time.monotonic() < deadline:  # until the refill is under way
+        time.sleep(0.005)
+    assert pool._opening
+    got: dict[int, str] = {}
+    release = threading.Event()
+
+    def caller(index: int) -> None:
+        try:
+            conn = pool.connection()
+        except PoolTimeoutError as exc:
+            got[index] = f"timeout: {exc}"
+            return
+        got[index] = "ok"
+        release.wait(5.0)
+        conn.close()
+
+    threads = [threading.Thread(target=caller, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(0.0)
+    deadline = time.monotonic() + 6.0
+    while len(got) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release.set()
+    for thread in threads:
+        thread.join(5.0)
+    assert got == {0: "ok", 1: "ok", 2: "ok"}, got
+
+
+def test_the_checkout_count_is_read_without_a_deprecated_api() -> None:
+    # itertools.count's pickle support (once used to read it) warns from Python 3.12 on and
+    # is gone in 3.14; stats() must not depend on it.
+    import itertools
+    import warnings
+
+    from pgregistry.pool import _count_value
+
+    counter = itertools.count()
+    for _ in range(1234):
+        next(counter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _count_value(counter) == 1234
