@@ -31,6 +31,7 @@ from peers import (
     DBUtilsPeer,
     Peer,
     PgRegistryPeer,
+    PgRegistryVariant,
     PsycopgPoolPeer,
     QueueBaseline,
     RawRoundRobin,
@@ -1117,6 +1118,72 @@ def measure_storm(ctx: Context) -> Result:
 # --- 10. many processes; 11. failover (their own clusters) ----------------------------------
 
 
+def measure_options(ctx: Context) -> Result:
+    """Checkout + return with one option of pgregistry changed at a time, against its
+    defaults in the same run: what the health and observability options cost."""
+    result = Result(
+        name="options",
+        title="1b. What pgregistry's options cost on checkout + checkin, single thread",
+        what=(
+            "The loop of measure 1 on pgregistry pools that differ from the defaults in one "
+            "option each: client CPU time per checkout + checkin, and the ratio to the pool "
+            "with every default in the same repeat. The lock-free checkout and return apply "
+            'while no option that costs on them is on (see the README, "Closing, threads and '
+            'fork"); the others take the pool lock.'
+        ),
+        baseline='pgregistry with its defaults (`ping="idle"`, `reset` rollback-if-needed)',
+        columns=[
+            Column("cpu", "CPU ns / pair", ".0f"),
+            Column("wall", "wall ns / pair", ".0f"),
+            Column("ratio", "x defaults", ".2f"),
+        ],
+    )
+    if not _pgregistry_measurable(ctx, result):
+        return _skip(result, "pgregistry does not import", "options: cost over the defaults")
+    base_label = "pgregistry, defaults (baseline)"
+    variants: list[Peer] = [
+        PgRegistryVariant(ctx.server, label=base_label),
+        PgRegistryVariant(ctx.server, label='ping = "never"', ping="never"),
+        PgRegistryVariant(ctx.server, label="leak_threshold = 60 s", leak_threshold=60.0),
+        PgRegistryVariant(ctx.server, label="an observer attached (does nothing)", observe=True),
+        PgRegistryVariant(ctx.server, label="DEBUG logging on", debug_log=True),
+        PgRegistryVariant(ctx.server, label="maxcached below maxconnections", maxcached_below=True),
+        PgRegistryVariant(ctx.server, label='ping = "always" (a round trip)', ping="always"),
+    ]
+    peers = _open_all(variants, ctx.plan.n_connections, result)
+    chunk = 100
+    try:
+        cpu, wall = _repeat_interleaved(
+            ctx.plan,
+            peers,
+            _chunk_checkout,
+            max(1, ctx.plan.tight_ops // chunk // 4),
+            lambda p: chunk,
+        )
+    finally:
+        _close_all(peers)
+    base = cpu.get(base_label)
+    if not base:
+        return _skip(result, "the baseline could not be measured", "options")
+    costliest = ("", 0.0)
+    for label, samples in cpu.items():
+        ratio = _ratio_samples(samples, base)
+        result.rows.append(
+            Row(label, {"cpu": Stat(samples), "wall": Stat(wall[label]), "ratio": ratio})
+        )
+        if label != base_label and "round trip" not in label and ratio.median > costliest[1]:
+            costliest = (label, ratio.median)
+    result.raw = {"cpu_ns_per_op": cpu, "wall_ns_per_op": wall}
+    result.targets = [
+        Target(
+            "options: the costliest one without a round trip, x defaults",
+            None,
+            f"{costliest[1]:.2f} ({costliest[0]})",
+        )
+    ]
+    return result
+
+
 def measure_scaleout(ctx: Context) -> Result:
     return scaleout.measure_scaleout(ctx.plan.smoke, ctx.plan.repeats)
 
@@ -1127,6 +1194,7 @@ def measure_failover(ctx: Context) -> Result:
 
 MEASURES: dict[str, Callable[[Context], Result]] = {
     "checkout": measure_checkout,
+    "options": measure_options,
     "registry": measure_registry,
     "query_cpu": measure_query_cpu,
     "contention": measure_contention,

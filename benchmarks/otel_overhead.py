@@ -39,9 +39,10 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=20000)
     args = parser.parse_args()
     pools = {"plain": {"conninfo": args.dsn}, "traced": {"conninfo": args.dsn}}
-    with Registry(settings_from_mapping({"pools": pools})) as plain_reg, Registry(
-        settings_from_mapping({"pools": pools})
-    ) as traced_reg:
+    with (
+        Registry(settings_from_mapping({"pools": pools})) as plain_reg,
+        Registry(settings_from_mapping({"pools": pools})) as traced_reg,
+    ):
         pgregistry.otel.instrument(
             traced_reg, MeterProvider(metric_readers=[InMemoryMetricReader()])
         )

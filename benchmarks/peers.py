@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import operator
 import queue
 from collections.abc import Callable
@@ -264,6 +265,78 @@ class PgRegistryPeer(_PooledPgPeer):
         from pgregistry import PooledPg
 
         return PooledPg
+
+
+class _NoOpObserver:
+    """A PoolObserver that does nothing: what observing costs the pool itself."""
+
+    def on_connect(self, seconds: float) -> None:
+        pass
+
+    def on_checkout(self, waited: float) -> None:
+        pass
+
+    def on_checkin(self, used: float) -> None:
+        pass
+
+    def on_timeout(self) -> None:
+        pass
+
+
+class PgRegistryVariant(PgRegistryPeer):
+    """pgregistry with one thing changed from its defaults: any PooledPg option, ``maxcached``
+    below the connection count, an observer attached, or DEBUG logging of its logger on (to a
+    NullHandler, so what is measured is the pool's logging, not a handler's I/O)."""
+
+    def __init__(
+        self,
+        server: Cluster,
+        *,
+        label: str,
+        maxcached_below: bool = False,
+        observe: bool = False,
+        debug_log: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(server, label=label, **options)
+        self.maxcached_below = maxcached_below
+        self.observe = observe
+        self.debug_log = debug_log
+        self._logger: logging.Logger | None = None
+
+    def open(self, n_connections: int) -> None:
+        from pgregistry import PooledPg
+
+        options = dict(self.options)
+        if self.debug_log:
+            options["name"] = "bench_debug_log"
+            self._logger = logging.getLogger("pgregistry.pool.bench_debug_log")
+            self._logger.setLevel(logging.DEBUG)
+            self._logger.addHandler(logging.NullHandler())
+            self._logger.propagate = False
+        # maxcached below the connection count (and mincached with it: a mincached above
+        # maxcached would raise maxcached to it).
+        cached = max(1, n_connections - 1) if self.maxcached_below else n_connections
+        self.pool = PooledPg(
+            cached,
+            cached,
+            n_connections,
+            True,
+            **options,
+            **self.server.connect_kwargs(),
+        )
+        if self.observe:
+            self.pool.observe(_NoOpObserver())
+        self.checkout = self.pool.connection
+        self.checkin = _close
+
+    def close(self) -> None:
+        super().close()
+        if self._logger is not None:
+            self._logger.setLevel(logging.NOTSET)
+            self._logger.handlers.clear()
+            self._logger.propagate = True
+            self._logger = None
 
 
 class DBUtilsPeer(_PooledPgPeer):

@@ -296,7 +296,7 @@ class HandOff(PoolState):
             keep = True
         else:
             observer = self._observer
-            if extras and observer is not None:
+            if observer is not None:
                 try:
                     observer.on_checkin(_monotonic() - slot.since)
                 except Exception:

@@ -318,6 +318,8 @@ class PooledPg(Opening, Upkeep):
         # only ever takes; what must be atomic with giving (waiters) stays under the lock.
         idle = self._idle
         if self._fast and idle:
+            observer = self._observer
+            started = _perf() if observer is not None else 0.0
             owned: Slot | None = None  # taken here and not yet in a proxy (see the except)
             try:
                 # Owned before it is popped: a signal handler may raise as soon as pop()
@@ -342,6 +344,8 @@ class PooledPg(Opening, Upkeep):
                 if owned is not None:
                     self._undo_checkout(owned, counted=False)
                 raise
+            if observer is not None:
+                self._observed_checkout(observer, started)
             return proxy
         return self._connection()
 
@@ -392,11 +396,14 @@ class PooledPg(Opening, Upkeep):
                 self._undo_checkout(owned, counted=not idle_pop)
             raise
         if observer is not None:
-            try:  # inline, not _notify(): this is on the path of every checkout
-                observer.on_checkout(_perf() - started)
-            except Exception:
-                self._observer_failed()
+            self._observed_checkout(observer, started)
         return proxy
+
+    def _observed_checkout(self, observer: PoolObserver, started: float) -> None:
+        try:
+            observer.on_checkout(_perf() - started)
+        except Exception:
+            self._observer_failed()
 
     def _undo_checkout(self, slot: Slot, *, counted: bool) -> None:
         """A checkout interrupted (a signal) before its proxy had the connection: the

@@ -58,7 +58,8 @@ class PoolState:
     _checkouts: int
     #: connection() may take its lock-free path: not halted, no option that costs on checkout.
     _fast: bool
-    #: An option that costs on checkout and return is on (observer, role check, leaks, DEBUG).
+    #: An option that takes checkout and return off their fast paths is on (role check, leak
+    #: detection, DEBUG logging). An observer does not: the fast paths time it themselves.
     _extras: bool
     _halted: bool
     #: _checkin may pool a clean idle connection without the lock (see _update_fast_path).
@@ -91,12 +92,7 @@ class PoolState:
 
     def _update_fast_path(self) -> None:
         """Recompute :attr:`_fast` and :attr:`_extras` after one of their inputs changed."""
-        self._extras = bool(
-            self._observer is not None
-            or self._check_role
-            or self._leak_threshold
-            or self._log_checkouts
-        )
+        self._extras = bool(self._check_role or self._leak_threshold or self._log_checkouts)
         self._fast = not self._halted and not self._extras and GIL_ENABLED
         # A return may skip the lock where it cannot exceed maxcached (no cap below
         # maxconnections), and where the GIL orders every step (not a free-threaded build).

@@ -132,6 +132,12 @@ class PooledPgConnection(DBAPI):
                     now = _monotonic()
                     quick = now < slot.expires_at and slot.generation == pool._generation
                     if quick:
+                        observer = pool._observer
+                        if observer is not None:
+                            try:
+                                observer.on_checkin(now - slot.since)
+                            except Exception:
+                                pool._observer_failed()
                         conn.fresh = True
                         slot.since = now
         except BaseException:
