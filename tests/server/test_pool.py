@@ -486,6 +486,12 @@ def test_use_after_close_raises_invalid_connection(make_pool: MakePool) -> None:
         _ = conn.backend_pid
     with pytest.raises(InvalidConnectionError):
         _ = conn.steady
+    with pytest.raises(pg.InternalError):  # any name, as on a closed pg.DB (not AttributeError)
+        _ = conn.absent  # type: ignore[attr-defined]
+    live = pool.connection()
+    with pytest.raises(AttributeError):  # while checked out, a misspelt name is just that
+        _ = live.absent  # type: ignore[attr-defined]
+    live.close()
     assert pool.stats()["in_use"] == 0
 
 
