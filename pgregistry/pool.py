@@ -316,10 +316,10 @@ class PooledPg(Opening, Upkeep):
         # takes no lock: popping from the deque is atomic, and every other taker of idle
         # connections pops too (under the lock), so each goes to exactly one of them. It
         # only ever takes; what must be atomic with giving (waiters) stays under the lock.
+        observer = self._observer
+        started = _perf() if observer is not None else 0.0  # before the look at `idle`: a call
         idle = self._idle
         if self._fast and idle:
-            observer = self._observer
-            started = _perf() if observer is not None else 0.0
             owned: Slot | None = None  # taken here and not yet in a proxy (see the except)
             try:
                 # Owned before it is popped: a signal handler may raise as soon as pop()
