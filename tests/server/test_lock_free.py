@@ -49,13 +49,39 @@ def run_threads(work: Callable[[int], None], count: int, timeout: float = 30.0) 
     assert not any(thread.is_alive() for thread in threads), "a thread did not finish in time"
 
 
-@pytest.mark.parametrize("maxcached", [0, 3, 2], ids=["uncapped", "cap=max", "cap<max (locked)"])
+class Counting:
+    """A PoolObserver that counts what it is told."""
+
+    def __init__(self) -> None:
+        self.checkouts = self.checkins = 0
+
+    def on_connect(self, seconds: float) -> None:
+        pass
+
+    def on_checkout(self, waited: float) -> None:
+        self.checkouts += 1
+
+    def on_checkin(self, used: float) -> None:
+        self.checkins += 1
+
+    def on_timeout(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("maxcached", "observed"),
+    [(0, False), (3, False), (2, False), (3, True)],
+    ids=["uncapped", "cap=max", "cap<max (locked)", "observed"],
+)
 def test_no_connection_is_lent_twice_no_waiter_is_forgotten_and_all_are_counted(
-    make_pool: MakePool, maxcached: int
+    make_pool: MakePool, maxcached: int, observed: bool
 ) -> None:
     # A waiter forgotten beside an idle connection waits out its timeout: 3 s is far beyond
     # any honest wait for 3 connections shared by 12 threads doing SELECT 1.
     pool = make_pool(0, maxcached, 3, True, timeout=3.0)
+    observer = Counting()
+    if observed:
+        pool.observe(observer)
     lent: dict[int, int] = {}
     guard = threading.Lock()
     done = [0] * 12
@@ -91,6 +117,8 @@ def test_no_connection_is_lent_twice_no_waiter_is_forgotten_and_all_are_counted(
     assert stats["open"] == stats["idle"] <= 3
     if maxcached:
         assert stats["idle"] <= maxcached
+    if observed:  # the GIL makes the observer's += safe enough for a count
+        assert observer.checkouts == observer.checkins == sum(done)
 
 
 def test_a_close_racing_returns_leaves_no_connection_open(
@@ -277,3 +305,32 @@ def test_the_checkout_count_is_read_without_a_deprecated_api() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _count_value(counter) == 1234
+
+
+def test_threads_as_many_as_connections_never_see_an_internal_error(make_pool: MakePool) -> None:
+    # As many threads as connections, no query, an observer: the idle stack keeps going from
+    # one connection to none, and threads often look at it at once, on the observed fast
+    # paths. Every checkout is counted once, by the pool and by the observer, and nothing
+    # leaks out of connection() (between a thread's look at the stack and its pop nothing may
+    # run: a call there would let another thread empty it).
+    pool = make_pool(4, 4, 4, True, timeout=3.0)
+    observer = Counting()
+    pool.observe(observer)
+    errors: list[BaseException] = []
+    done = [0] * 4
+    deadline = time.monotonic() + SECONDS
+
+    def work(index: int) -> None:
+        try:
+            for _ in range(OPS * 25):
+                if time.monotonic() >= deadline:
+                    return
+                pool.connection().close()
+                done[index] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_threads(work, len(done))
+
+    assert errors == []
+    assert pool.stats()["checkouts"] == sum(done) == observer.checkouts
