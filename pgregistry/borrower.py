@@ -60,7 +60,9 @@ _FIRST_NORMAL_OID = 16384
 # LISTEN/UNLISTEN and their channel, a word that creates a temporary object, or one that changes
 # what pg.DB's caches describe (schema, privileges, name resolution). Matched on lower case.
 _WORDS = re.compile(
-    r'\b(?:(un)?listen\s+("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*|\*)'
+    # after LISTEN: blanks or comments (the server reads those as blanks), or a quote at once
+    r'\b(?:(un)?listen(?:(?:\s|/\*[\s\S]*?\*/|--[^\n]*\n)+|(?="))'
+    r'("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*|\*)'
     r"|(temp(?:orary)?\b|pg_temp)"
     r"|(?:create|drop|alter|grant|revoke|comment)\b|search_path\b"
     r"|(?:set|reset)\s+(?:session\s+)?(?:role|authorization)\b)"

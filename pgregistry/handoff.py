@@ -300,7 +300,7 @@ class HandOff(PoolState):
                 try:
                     observer.on_checkin(_monotonic() - slot.since)
                 except Exception:
-                    self._observer_failed()
+                    self._observer_failed(observer)
             # The default policy on an idle connection the borrower left clean (no LISTEN,
             # temporary object, client-side change or open begin()): nothing to send.
             conn = slot.conn

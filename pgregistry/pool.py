@@ -296,11 +296,16 @@ class PooledPg(Opening, Upkeep):
         try:
             method(*args)
         except Exception:
-            self._observer_failed()
+            self._observer_failed(getattr(method, "__self__", None))
 
-    def _observer_failed(self) -> None:
-        self._observer = None
-        self._update_fast_path()
+    def _observer_failed(self, observer: object) -> None:
+        """``observer`` raised (call inside the except): drop it and say so, once, unless it
+        was already dropped or replaced meanwhile (threads can fail it at the same time)."""
+        with self._lock:
+            if self._observer is not observer:
+                return
+            self._observer = None
+            self._update_fast_path()
         self.logger.exception("pool %r: observer failed; it is dropped", self.name)
 
     # -- checkout -----------------------------------------------------------------------------
@@ -403,7 +408,7 @@ class PooledPg(Opening, Upkeep):
         try:
             observer.on_checkout(_perf() - started)
         except Exception:
-            self._observer_failed()
+            self._observer_failed(observer)
 
     def _undo_checkout(self, slot: Slot, *, counted: bool) -> None:
         """A checkout interrupted (a signal) before its proxy had the connection: the

@@ -132,7 +132,7 @@ class PoolState:
     def _freed(self, count: int) -> None:
         raise NotImplementedError
 
-    def _observer_failed(self) -> None:
+    def _observer_failed(self, observer: object) -> None:
         raise NotImplementedError
 
     # A pool is a member of its server budget (pgregistry.budget.BudgetMember):

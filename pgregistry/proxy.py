@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 import pg
 
@@ -23,7 +23,7 @@ from .steady import SteadyPgConnection
 if TYPE_CHECKING:
     from .pool import PooledPg
 
-__all__ = ["LentConnection", "PooledPgConnection", "ReturnedConnection", "Slot"]
+__all__ = ["CheckoutSource", "LentConnection", "PooledPgConnection", "ReturnedConnection", "Slot"]
 
 _refcount = sys.getrefcount
 _monotonic = time.monotonic
@@ -137,7 +137,7 @@ class PooledPgConnection(DBAPI):
                             try:
                                 observer.on_checkin(now - slot.since)
                             except Exception:
-                                pool._observer_failed()
+                                pool._observer_failed(observer)
                         conn.fresh = True
                         slot.since = now
         except BaseException:
@@ -172,6 +172,18 @@ class PooledPgConnection(DBAPI):
             self._result = [last, result]
         else:
             self._result = result
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError(
+            "a pooled connection cannot be copied: each checkout is given back once; check "
+            "out another with pool.connection()"
+        )
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        self.__copy__()
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError("a pooled connection cannot be pickled")
 
     def reopen(self) -> None:
         """Open a new connection, as ``pg.DB.reopen()``: a new server session.
@@ -222,6 +234,8 @@ class PooledPgConnection(DBAPI):
                 self._result = result
             else:
                 self._note_result(result)
+            if ";" in command:  # a batch ending in rows: a LISTEN may be among the others
+                con.note_statement(command)
         else:  # LISTEN, CREATE return None, CREATE TEMP .. AS a count: noted for the return
             con.note_statement(command, result is None)
         return result
@@ -229,13 +243,14 @@ class PooledPgConnection(DBAPI):
     def query_formatted(self, *args: Any, **kwargs: Any) -> Any:
         con = self._live()
         result = con.query_formatted(*args, **kwargs)
+        command = args[0] if args else kwargs.get("command")
         if type(result) is _Query:
             self._note_result(result)
             con.prime_types(result)
-        else:
-            command = args[0] if args else kwargs.get("command")
-            if isinstance(command, str):
-                con.note_statement(command, result is None)
+            if isinstance(command, str) and ";" in command:  # a batch ending in rows
+                con.note_statement(command)
+        elif isinstance(command, str):
+            con.note_statement(command, result is None)
         return result
 
     def query_prepared(self, name: str, *args: Any) -> Any:
@@ -254,10 +269,12 @@ class PooledPgConnection(DBAPI):
 
     def source(self) -> Any:
         """pg.Connection's ``source()`` (a DB-API-like cursor): like ``db.db``, out of the
-        pool's sight, so the return cleans everything a borrower can leave."""
+        pool's sight, so the return cleans everything a borrower can leave. The cursor works
+        while this checkout lasts (and keeps it from being collected); after ``close()`` it
+        raises :class:`InvalidConnectionError`, as the proxy does."""
         con = self._live()
         con.note_client_change(RAW)
-        return con.source()
+        return CheckoutSource(self, con.source())
 
     def send_query(self, cmd: str, args: Any = None) -> Any:
         con = self._live()
@@ -442,6 +459,35 @@ def _notification_handler(
     """
     self._live()
     return pg.NotificationHandler(self, event, callback, arg_dict, timeout, stop_event)
+
+
+class CheckoutSource:
+    """A ``pg.Source`` (``db.source()``) bound to the checkout it came from: once that
+    connection is given back, it belongs to the next borrower, so every use raises
+    :class:`InvalidConnectionError`."""
+
+    __slots__ = ("_proxy", "_slot", "_source")
+
+    def __init__(self, proxy: PooledPgConnection, source: Any) -> None:
+        object.__setattr__(self, "_proxy", proxy)
+        object.__setattr__(self, "_slot", proxy._slot)
+        object.__setattr__(self, "_source", source)
+
+    def _checked(self) -> Any:
+        if self._slot is None or self._proxy._slot is not self._slot:
+            raise InvalidConnectionError(
+                "this source() cursor's connection was returned to the pool"
+            )
+        return self._source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._checked(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._checked(), name, value)
+
+    def __iter__(self) -> Any:
+        return iter(self._checked())
 
 
 class LentConnection(PooledPgConnection):

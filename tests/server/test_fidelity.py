@@ -85,7 +85,19 @@ def test_notifications_left_after_an_unlisten_never_reach_the_next(
 
 
 @pytest.mark.parametrize(
-    "how", ["query", "query_formatted", "send_query", "prepared", "source", "unexecuted"]
+    "how",
+    [
+        "query",
+        "query_formatted",
+        "send_query",
+        "prepared",
+        "source",
+        "unexecuted",
+        "batch ending in rows",
+        "formatted batch",
+        "comment after LISTEN",
+        "quote after LISTEN",
+    ],
 )
 def test_a_listen_is_seen_whichever_way_it_is_sent(
     make_pool: MakePool, monitor: Monitor, how: str
@@ -104,6 +116,14 @@ def test_a_listen_is_seen_whichever_way_it_is_sent(
                 db.query_prepared("pgrt_listen")
         elif how == "source":  # pg.Connection's own cursor, out of the pool's sight
             db.source().execute(statement)
+        elif how == "batch ending in rows":
+            assert db.query(f"{statement}; SELECT 1").getresult() == [(1,)]
+        elif how == "formatted batch":
+            db.query_formatted(f"{statement}; SELECT %s", (1,), inline=True)
+        elif how == "comment after LISTEN":
+            db.query(statement.replace("LISTEN ", "LISTEN/* the channel: */"))
+        elif how == "quote after LISTEN":
+            db.query(statement.replace("LISTEN ", 'LISTEN"') + '"')
         else:
             getattr(db, how)(statement)
     assert last_statement(monitor, pid) in ("UNLISTEN *", "DISCARD ALL")

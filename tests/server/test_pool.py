@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import re
 import signal
 import threading
@@ -493,6 +494,69 @@ def test_use_after_close_raises_invalid_connection(make_pool: MakePool) -> None:
         _ = live.absent  # type: ignore[attr-defined]
     live.close()
     assert pool.stats()["in_use"] == 0
+
+
+def test_a_pooled_connection_cannot_be_copied_or_pickled(make_pool: MakePool) -> None:
+    # A copy would be a second owner: both would give the one connection back.
+    import copy
+    import pickle
+
+    pool = make_pool(1, 1, 1)
+    with pool.connection() as conn:
+        for make in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match="cannot be"):
+                make(conn)
+    stats = pool.stats()
+    assert stats["open"] == stats["idle"] == 1 and stats["in_use"] == 0
+
+
+def test_a_source_cursor_stops_working_when_its_connection_is_returned(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(1, 1, 1)
+    conn = pool.connection()
+    cursor = conn.source()
+    cursor.execute("SELECT 1")
+    conn.close()
+    with pytest.raises(InvalidConnectionError):
+        cursor.execute("LISTEN pgrt_after_return")  # would reach the next borrower's session
+    with pool.connection() as other:
+        assert other.query("SELECT pg_listening_channels()").getresult() == []
+
+
+def test_an_observer_that_fails_is_dropped_and_said_once_and_its_successor_stays(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Failing:
+        def on_connect(self, seconds: float) -> None:
+            pass
+
+        def on_checkout(self, waited: float) -> None:
+            raise RuntimeError("observer bug")
+
+        def on_checkin(self, used: float) -> None:
+            pass
+
+        def on_timeout(self) -> None:
+            pass
+
+    class Counting(Failing):
+        seen = 0
+
+        def on_checkout(self, waited: float) -> None:
+            self.seen += 1
+
+    pool = make_pool(1, 1, 1)
+    failing = Failing()
+    pool.observe(failing)
+    with caplog.at_level(logging.ERROR, logger="pgregistry"):
+        pool.connection().close()
+        later = Counting()
+        pool.observe(later)
+        pool._observer_failed(failing)  # the old one failing late (another thread) drops nothing
+        pool.connection().close()
+    assert later.seen == 1
+    assert sum("observer failed" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_leaving_a_with_block_returns_the_connection(make_pool: MakePool) -> None:
