@@ -291,7 +291,6 @@ class HandOff(PoolState):
 
     def _checkin(self, slot: Slot, *, fresh: bool = False) -> None:
         """Reset a returned connection, then hand it to a waiter, pool it, or close it."""
-        extras = self._extras
         if fresh:
             keep = True
         else:
@@ -318,14 +317,14 @@ class HandOff(PoolState):
             except BaseException:
                 self._drop(slot)  # interrupted (a signal) in the reset: close, free the place
                 raise
-        if extras and self._log_checkouts:
+        if self._log_checkouts:
             self.logger.debug("pool %r: return (keep %s)", self.name, keep)
         now = _monotonic()
         if keep and now >= slot.expires_at:
             keep = False
             with self._lock:
                 self._counts[Counter.EXPIRED] += 1
-        elif keep and extras and self._check_role and not slot.conn.role_ok():
+        elif keep and self._check_role and not slot.conn.role_ok():
             keep = False  # demoted, fenced or promoted: never pooled again
             with self._lock:
                 self._counts[Counter.WRONG_ROLE] += 1

@@ -91,7 +91,8 @@ class PoolState:
     _upkeep: Task | None
 
     def _update_fast_path(self) -> None:
-        """Recompute :attr:`_fast` and :attr:`_extras` after one of their inputs changed."""
+        """Recompute :attr:`_extras`, :attr:`_fast` and :attr:`_quick_return` after one of
+        their inputs changed."""
         self._extras = bool(self._check_role or self._leak_threshold or self._log_checkouts)
         self._fast = not self._halted and not self._extras and GIL_ENABLED
         # A return may skip the lock where it cannot exceed maxcached (no cap below
