@@ -98,9 +98,11 @@ class PooledPgConnection(DBAPI):
         pool = self._pool
         quick = False
         try:
+            # Every field read before the class changes: ReturnedConnection's __getattr__
+            # keeps CPython from specialising a read after it.
+            result = self._result
             self._slot = self._con = None
             self.__class__ = ReturnedConnection
-            result = self._result
             if result is not None:
                 self._result = None
                 if type(result) is list:  # results kept past later queries (see _note_result)
@@ -122,24 +124,28 @@ class PooledPgConnection(DBAPI):
                 # in between looked at the idle connections before this one was among them;
                 # either that second look sees it, or they saw it (both sides write first,
                 # then read: see HandOff._serve_from_idle).
+                # Comparisons only as if-conditions: CPython specialises those, not a
+                # comparison whose value is stored.
                 conn = slot.conn
                 state_of = conn.clean_state
-                try:
-                    idle = state_of is not None and state_of() == _TRANS_IDLE
-                except TypeError:  # closed under us (db.db.close()): the reset path sees it
-                    idle = False
-                if idle:
-                    now = _monotonic()
-                    quick = now < slot.expires_at and slot.generation == pool._generation
-                    if quick:
-                        observer = pool._observer
-                        if observer is not None:
-                            try:
-                                observer.on_checkin(now - slot.since)
-                            except Exception:
-                                pool._observer_failed(observer)
-                        conn.fresh = True
-                        slot.since = now
+                if state_of is not None:
+                    try:
+                        state = state_of()
+                    except TypeError:  # closed under us (db.db.close()): the reset path sees it
+                        state = None
+                    if state == _TRANS_IDLE:
+                        now = _monotonic()
+                        if now < slot.expires_at:
+                            if slot.generation == pool._generation:
+                                quick = True
+                                observer = pool._observer
+                                if observer is not None:
+                                    try:
+                                        observer.on_checkin(now - slot.since)
+                                    except Exception:
+                                        pool._observer_failed(observer)
+                                conn.fresh = True
+                                slot.since = now
         except BaseException:
             pool._checkin(slot)  # interrupted (a signal) before it was handed on
             raise
@@ -228,7 +234,9 @@ class PooledPgConnection(DBAPI):
         con = self._con
         if con is None:
             con = self._live()
-        result = con.query(command, *args)  # its types resolved there
+        # Its types resolved there. Without arguments, a plain call: forwarding *args costs
+        # a bound method and a tuple on what every request pays.
+        result = con.query(command, *args) if args else con.query(command)
         if type(result) is _Query:  # not the str or None of other statements
             if self._result is None:
                 self._result = result
