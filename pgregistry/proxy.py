@@ -135,17 +135,16 @@ class PooledPgConnection(DBAPI):
                         state = None
                     if state == _TRANS_IDLE:
                         now = _monotonic()
-                        if now < slot.expires_at:
-                            if slot.generation == pool._generation:
-                                quick = True
-                                observer = pool._observer
-                                if observer is not None:
-                                    try:
-                                        observer.on_checkin(now - slot.since)
-                                    except Exception:
-                                        pool._observer_failed(observer)
-                                conn.fresh = True
-                                slot.since = now
+                        if now < slot.expires_at and slot.generation == pool._generation:
+                            quick = True
+                            observer = pool._observer
+                            if observer is not None:
+                                try:
+                                    observer.on_checkin(now - slot.since)
+                                except Exception:
+                                    pool._observer_failed(observer)
+                            conn.fresh = True
+                            slot.since = now
         except BaseException:
             pool._checkin(slot)  # interrupted (a signal) before it was handed on
             raise

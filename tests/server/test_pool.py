@@ -827,6 +827,26 @@ def test_forked_child_leaves_a_connection_checked_out_at_fork_time_alone(
         assert conn.backend_pid == parent_pid
 
 
+def test_forked_child_drops_the_parents_connection_on_the_lock_free_return(
+    make_pool: MakePool, run_in_child: RunInChild
+) -> None:
+    """maxcached == maxconnections, so returns skip the lock: the parent's connection, given
+    back in a child that has used the pool, is dropped there, never pooled beside its own."""
+    pool = make_pool(1, 2, 2)
+    held = pool.connection()
+    backend(held)
+
+    def child() -> dict[str, Any]:
+        with pool.connection() as c:
+            backend(c)
+        held.close()
+        stats = pool.stats()
+        return {"open": stats["open"], "idle": stats["idle"]}
+
+    assert run_in_child(child) == {"open": 1, "idle": 1}
+    held.close()
+
+
 # -- observer, transaction block, return inside a transaction -----------------------------------
 
 
