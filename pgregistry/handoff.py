@@ -18,7 +18,7 @@ import pg
 
 from .conninfo import redact
 from .errors import PoolClosedError, PoolTimeoutError
-from .pool_state import PoolState, pop_idle, take_all
+from .pool_state import GIL_ENABLED, PoolState, pop_idle, take_all
 from .proxy import Slot
 from .stats import Counter
 
@@ -64,16 +64,48 @@ class HandOff(PoolState):
     """The waiter queue of a pool, the return path, and every way a connection or a place
     changes hands."""
 
-    def _hand_over(self, result: Slot | object) -> None:
+    def _hand_over(
+        self,
+        result: Slot | object = None,
+        *,
+        done: Slot | None = None,
+        opening: bool = False,
+        from_idle: bool = False,
+    ) -> None:
         """Give the oldest waiter a connection or a place (under the lock), counting its wait.
 
-        The counting is done here, under the lock the giver holds anyway, so that the woken
-        thread goes on without taking the lock again.
+        Written so that an exception raised by a signal handler anywhere in it (Python runs
+        them at function entry and after calls) leaves nothing half done: raised at entry,
+        nothing has changed; raised later, the waiter has ``result`` and is out of the queue.
+        In the same step: ``done``, the connection whose return this completes, is marked
+        handed on (see PooledPgConnection.close); with ``opening``, the place is counted as
+        opening; with ``from_idle``, ``result`` is the top of the idle stack, popped here
+        (nothing if it is empty). The counting is done here, under the lock the giver holds
+        anyway, so that the woken thread goes on without taking the lock again.
         """
-        waiter = self._waiters.popleft()
+        waiters = self._waiters
+        waiter = waiters[0]  # popped last, in the finally
+        if from_idle:
+            # Looked at and popped with no call between: no signal handler, and no other
+            # thread under the GIL (the lock-free checkout pops too), runs in between.
+            if not self._idle:
+                return
+            result = self._idle[-1]
+        if opening:
+            self._opening += 1
+        if done is not None:
+            done.returning = False
+        waiter.result = result
+        try:
+            if from_idle:
+                self._idle.pop()
+        finally:
+            try:
+                waiter.gate.release()
+            finally:
+                waiters.popleft()
         if result is not CLOSED and result is not LOOK:
-            self._count_served(waiter)
-        waiter.give(result)
+            self._count_served(waiter)  # a handler raising in here costs a count, nothing else
 
     def _count_served(self, waiter: Waiter) -> None:
         """A waiter gets a connection or a place (under the lock): its wait and checkout."""
@@ -81,15 +113,19 @@ class HandOff(PoolState):
         self._wait_ns += time.perf_counter_ns() - waiter.started
         self._checkouts += 1
 
-    def _release_place(self, *, opening: bool = True) -> None:
-        """A counted place goes unused: the oldest waiter may open in it, else it is freed."""
+    def _release_place(self, *, opening: bool = True, done: Slot | None = None) -> None:
+        """A counted place goes unused: the oldest waiter may open in it, else it is freed.
+
+        ``done``: the closed connection whose place this is, marked handed on with the place.
+        """
         with self._lock:
             if opening:
                 self._opening -= 1
             if self._waiters and not self._closed:
-                self._opening += 1
-                self._hand_over(OPEN)
+                self._hand_over(OPEN, done=done, opening=True)
                 return
+            if done is not None:
+                done.returning = False
             self._size -= 1
         self._freed(1)
 
@@ -100,6 +136,7 @@ class HandOff(PoolState):
         held connections that come free (see :meth:`_await_hand_over`).
         """
         with self._lock:
+            slot.returning = False
             self._held.append((slot, result))
             if self._waiters and not self._closed:
                 self._hand_over(LOOK)
@@ -351,11 +388,13 @@ class HandOff(PoolState):
                 not self._waiters and self._maxcached and len(self._idle) >= self._maxcached
             ):
                 to_close = slot
+                slot.returning = False
                 self._size -= 1
             elif self._waiters:
-                self._hand_over(slot)
+                self._hand_over(slot, done=slot)
             else:
                 slot.since = now
+                slot.returning = False
                 self._idle.append(slot)
         if to_close is not None:
             self._close_slot(to_close)
@@ -368,8 +407,12 @@ class HandOff(PoolState):
         PooledPgConnection.close) may have gone idle after the waiter looked, and before it
         was queued.
         """
-        while self._waiters and (slot := pop_idle(self._idle)) is not None:
-            self._hand_over(slot)
+        if not GIL_ENABLED:  # idle connections are popped without the lock: pop first
+            while self._waiters and (slot := pop_idle(self._idle)) is not None:
+                self._hand_over(slot)
+            return
+        while self._waiters and self._idle:
+            self._hand_over(from_idle=True)
 
     def _settle(self) -> None:
         """After a return without the lock: serve the waiters that queued meanwhile, or, if
@@ -418,8 +461,17 @@ class HandOff(PoolState):
             if self._leak_threshold:
                 self._checked_out.discard(slot)
             if slot.generation != self._generation:
+                slot.returning = False
                 return  # from before a fork: its place was never counted in this process
-        self._release_place(opening=False)
+        self._release_place(opening=False, done=slot)
+
+    def _rescue(self, slot: Slot) -> None:
+        """A return cut short by an exception (a signal handler's) before ``slot`` was
+        pooled, handed on or closed (see PooledPgConnection.close): close it and hand on or
+        free its place. Its state after an interrupted reset is unknown, so it is not pooled.
+        """
+        if slot.returning:
+            self._drop(slot)
 
     def _close_slot(self, slot: Slot) -> None:
         """Close a pooled connection (I/O; outside the lock).

@@ -360,6 +360,7 @@ class PooledPg(Opening, Upkeep):
         started = _perf() if observer is not None else 0.0
         owned: Slot | None = None  # popped here and not yet in a proxy (see the except)
         idle_pop = False  # counted here once it succeeds; from _checkout_slow, it was counted
+        claim: list[Slot] = []  # where _checkout_slow puts what it got (see the except)
         try:
             if self._idle and not self._halted:
                 if GIL_ENABLED:  # owned before it is popped, as in connection()
@@ -370,7 +371,7 @@ class PooledPg(Opening, Upkeep):
                     owned = pop_idle(self._idle)
                 idle_pop = owned is not None
             if owned is None:
-                slot = self._checkout_slow()
+                slot = self._checkout_slow(claim)
                 if slot is None:  # a connection came back between the two locks: take it
                     return self.connection()
                 owned = slot
@@ -394,9 +395,12 @@ class PooledPg(Opening, Upkeep):
             proxy._result = None
             proxy._slot = slot
             owned = None  # the proxy gives it back from here on
+            del claim[:]  # (no call: nothing runs between the two)
             if idle_pop:
                 next(self._fast_checkouts)
         except BaseException:
+            if owned is None and claim and not idle_pop:
+                owned = claim[0]  # got by _checkout_slow; a signal handler raised on its return
             if owned is not None:
                 self._undo_checkout(owned, counted=not idle_pop)
             raise
@@ -450,11 +454,13 @@ class PooledPg(Opening, Upkeep):
             return self._replace(slot, Counter.PING_FAILED)
         return slot
 
-    def _checkout_slow(self) -> Slot | None:
+    def _checkout_slow(self, claim: list[Slot]) -> Slot | None:
         """No idle connection: open a new one within the limit, or wait for one.
 
         None when a connection was returned to the idle stack since the fast path looked:
         the caller takes the fast path again rather than wait next to an idle connection.
+        What it returns is also put in ``claim`` as soon as it is got, so that the caller
+        can give it back if a signal handler raises before the return reaches it.
         """
         waiter: Waiter | None = None
         message = ""
@@ -523,6 +529,8 @@ class PooledPg(Opening, Upkeep):
             elif reserved:
                 self._give_up_place()
             raise
+        if got.__class__ is Slot:  # no call before the append: no handler runs in between
+            claim.append(got)
         if got is PLACE:
             if self._budget is not None:
                 try:
@@ -532,8 +540,9 @@ class PooledPg(Opening, Upkeep):
                     self._give_up_place()
                     raise
             got = OPEN
-        slot = self._open_for_checkout(count=waiter is None) if got is OPEN else got
-        assert isinstance(slot, Slot)
+        if got is OPEN:
+            claim.append(self._open_for_checkout(count=waiter is None))
+        slot = claim[0]
         slot.since = _monotonic()
         if self._leak_threshold:
             self._track(slot)

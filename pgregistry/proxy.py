@@ -39,7 +39,7 @@ _DB_PRIVATE = frozenset(
 class Slot:
     """The long-lived record of one pooled connection (the proxy is per checkout)."""
 
-    __slots__ = ("conn", "expires_at", "generation", "leak_reported", "since", "stack")
+    __slots__ = ("conn", "expires_at", "generation", "leak_reported", "returning", "since", "stack")
 
     def __init__(self, conn: SteadyPgConnection, expires_at: float, generation: int) -> None:
         self.conn = conn
@@ -50,6 +50,10 @@ class Slot:
         #: Where it was checked out, when leak detection is on (formatted only if it leaks).
         self.stack: list[Frame] | None = None
         self.leak_reported = False
+        #: Set while a return that may wait for the lock or the server is under way; cleared
+        #: in the same step as the connection is pooled, handed on or its place freed, so that
+        #: a return cut short by a signal handler knows what is left to do (HandOff._rescue).
+        self.returning = False
 
 
 class PooledPgConnection(DBAPI):
@@ -97,6 +101,7 @@ class PooledPgConnection(DBAPI):
             )
         pool = self._pool
         quick = False
+        hold: object = None  # the results that keep the connection out of the pool
         try:
             # Every field read before the class changes: ReturnedConnection's __getattr__
             # keeps CPython from specialising a read after it.
@@ -108,13 +113,11 @@ class PooledPgConnection(DBAPI):
                 if type(result) is list:  # results kept past later queries (see _note_result)
                     held = [kept for kept in result if _refcount(kept) > 3]
                     if held:
-                        pool._hold(slot, held)
-                        return
+                        hold = held
                 # Beyond `result` here and the argument of getrefcount, someone holds it.
                 elif _refcount(result) > 2:
-                    pool._hold(slot, result)
-                    return
-            if pool._quick_return:
+                    hold = result
+            if hold is None and pool._quick_return:
                 # The common return, written out here (the rest is the pool's _checkin): the
                 # default reset on an idle connection the borrower left clean (no LISTEN,
                 # temporary object, client-side change or open begin()), within its
@@ -148,10 +151,24 @@ class PooledPgConnection(DBAPI):
         except BaseException:
             pool._checkin(slot)  # interrupted (a signal) before it was handed on
             raise
+        # From here on, a handler raising before the connection is pooled, held, handed on
+        # or closed leaves that to _rescue (see Slot.returning); the lock-free push needs none.
+        if hold is not None:
+            slot.returning = True
+            try:
+                pool._hold(slot, hold)
+            except BaseException:
+                pool._rescue(slot)
+                raise
+            return
         if quick:
-            # Outside the try: from here on the connection is the pool's.
             if pool._waiters or pool._closed:
-                pool._place(slot, now)  # to the oldest waiter, under the lock
+                slot.returning = True
+                try:
+                    pool._place(slot, now)  # to the oldest waiter, under the lock
+                except BaseException:
+                    pool._rescue(slot)
+                    raise
             else:
                 pool._idle.append(slot)
                 if pool._waiters or pool._closed:
@@ -159,7 +176,12 @@ class PooledPgConnection(DBAPI):
             if pool._held:
                 pool._release_held()
             return
-        pool._checkin(slot)
+        slot.returning = True
+        try:
+            pool._checkin(slot)
+        except BaseException:
+            pool._rescue(slot)
+            raise
 
     def _give_back(self) -> None:
         """close(), if not returned yet."""

@@ -232,6 +232,87 @@ def test_a_signal_anywhere_in_checkout_or_return_loses_no_place(make_pool: MakeP
         db.close()
 
 
+@pytest.mark.parametrize(
+    ("shape", "options"),
+    [
+        ((1, 2, 2), {}),  # returns skip the lock when nobody waits, hand over under it
+        ((1, 1, 2), {}),  # maxcached below maxconnections: every return takes the lock
+        ((1, 2, 2), {"reset": "discard"}),  # a round trip on every return
+    ],
+    ids=["lock-free", "locked", "discard"],
+)
+def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
+    make_pool: MakePool, shape: tuple[int, int, int], options: dict[str, Any]
+) -> None:
+    # Found by a hostile tester: the main thread's return met a waiting thread and the handler
+    # ran between taking the waiter off the queue and handing it the connection; the
+    # connection was then nobody's, and the waiter's timeout raised ValueError. Likewise a
+    # handler right after a waiter got its connection, before the checkout returned it.
+    pool = make_pool(*shape, True, timeout=3, max_idle=None, ping="never", **options)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def contend() -> None:
+        while not stop.is_set():
+            try:
+                db = pool.connection()
+                time.sleep(0.0002)
+                db.close()
+            except BaseException as exc:  # noqa: BLE001 - any error here is the finding
+                errors.append(exc)
+                return
+
+    armed = False
+
+    def handler(signum: int, frame: object) -> None:
+        if armed:
+            raise Alarm
+
+    threads = [threading.Thread(target=contend) for _ in range(3)]
+    previous = signal.signal(signal.SIGALRM, handler)
+    rng = random.Random(7)
+    alarms = 0
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 4.0
+        for _ in range(1500):
+            if time.monotonic() > deadline:
+                break
+            db = None
+            try:
+                armed = True
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(2e-6, 3e-4))
+                for _ in range(200):
+                    db = pool.connection()
+                    db.close()
+            except Alarm:
+                alarms += 1
+            finally:
+                armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if db is not None and db._slot is not None:
+                db.close()  # cut short between the checkout and its close: return it
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    gc.collect()
+
+    assert not errors, errors
+    assert alarms > 50, alarms
+    stats = pool.stats()
+    assert stats["in_use"] == 0 and stats["waiting"] == 0, stats
+    assert stats["open"] == stats["idle"] >= 1, stats
+    held = [pool.connection(), pool.connection()]  # both places can be lent again, at once
+    assert held[0].backend_pid != held[1].backend_pid
+    for db in held:
+        db.close()
+
+
 def test_a_checkout_that_failed_is_not_counted(
     make_pool: MakePool, monitor: Monitor, app_name: str
 ) -> None:
