@@ -240,8 +240,15 @@ class PooledPgConnection(DBAPI):
 
     @property
     def steady(self) -> SteadyPgConnection:
-        """The underlying :class:`SteadyPgConnection` (``with db.steady:`` is a transaction)."""
-        return self._live()
+        """The underlying :class:`SteadyPgConnection` (``with db.steady:`` is a transaction).
+
+        Like ``db.db``, what is done through it is out of the pool's sight (a ``LISTEN`` sent
+        with ``db.steady.query()``, say): the return then cleans everything a borrower can
+        leave.
+        """
+        con = self._live()
+        con.note_client_change(RAW)
+        return con
 
     def _live(self) -> SteadyPgConnection:
         con = self._con
@@ -263,7 +270,11 @@ class PooledPgConnection(DBAPI):
                 self._result = result
             else:
                 self._note_result(result)
-            if ";" in command:  # a batch ending in rows: a LISTEN may be among the others
+            try:
+                batch = ";" in command  # ending in rows: a LISTEN may be among the others
+            except TypeError:  # bytes, which pg.DB takes too: looked at as text
+                batch = True
+            if batch:
                 con.note_statement(command)
         else:  # LISTEN, CREATE return None, CREATE TEMP .. AS a count: noted for the return
             con.note_statement(command, result is None)

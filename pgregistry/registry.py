@@ -262,7 +262,7 @@ class Registry:
         while the standby went away is reopened now (no round trip when it is fine), so that a
         standby that is down makes the read fall back, not the first query fail."""
         conn = self.connection(read)
-        if conn.steady.looks_dead():
+        if conn._live().looks_dead():  # not conn.steady, which marks it used raw
             try:
                 conn.reopen()
             except BaseException:

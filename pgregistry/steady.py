@@ -567,6 +567,8 @@ class SteadyPgConnection(CallPath, DBAPI):
 
         ``utility``: it returned neither rows nor a count (see borrower.scan_statement).
         """
+        if type(command) is not str:  # bytes, which pg.DB takes too
+            command = _as_text(command)
         dirt = borrower.scan_statement(command, self._channels, utility)
         if dirt:
             self._dirt |= dirt
@@ -803,6 +805,13 @@ def _after_fork_in_child() -> None:
     cut_off([conn._cnx for conn in inherited])
     for conn in inherited:
         conn._pid = pid
+
+
+def _as_text(command: object) -> str:
+    """A statement given as bytes (or another object pg.DB accepts), as text to look at."""
+    if isinstance(command, (bytes, bytearray, memoryview)):
+        return bytes(command).decode("utf-8", "replace")
+    return str(command)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -258,7 +258,7 @@ def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
                 db = pool.connection()
                 time.sleep(0.0002)
                 db.close()
-            except BaseException as exc:  # noqa: BLE001 - any error here is the finding
+            except BaseException as exc:  # any error here is the finding
                 errors.append(exc)
                 return
 
