@@ -136,7 +136,6 @@ class HandOff(PoolState):
         held connections that come free (see :meth:`_await_hand_over`).
         """
         with self._lock:
-            slot.returning = False
             self._held.append((slot, result))
             if self._waiters and not self._closed:
                 self._hand_over(LOOK)
@@ -150,14 +149,30 @@ class HandOff(PoolState):
         """
         free: list[tuple[Slot, object]] = []
         kept: list[tuple[Slot, object]] = []
-        with self._lock:
-            for entry in self._held:
-                (free if _released(entry[1]) else kept).append(entry)
-            if not free:
-                return
-            self._held = kept
-        for slot, _ in free:
-            self._checkin(slot)
+        taken = False  # set with the swap below: from then on, the connections in free are ours
+        current: Slot | None = None  # the one being given back (see Slot.returning)
+        try:
+            with self._lock:
+                for entry in self._held:
+                    (free if _released(entry[1]) else kept).append(entry)
+                if not free:
+                    return
+                self._held = kept
+                taken = True
+            while free:
+                current = free[-1][0]
+                current.returning = True
+                free.pop()
+                self._checkin(current)
+        except BaseException:
+            # A signal handler raised: nothing taken is left unreturned. What was not given
+            # back yet is closed and its place handed on.
+            if taken:
+                for entry in free:
+                    self._drop(entry[0])
+                if current is not None:
+                    self._rescue(current)
+            raise
 
     def _give_up_place(self) -> None:
         """A counted place that never got its budget unit goes unused: hand it on or free it.
@@ -464,6 +479,15 @@ class HandOff(PoolState):
                 slot.returning = False
                 return  # from before a fork: its place was never counted in this process
         self._release_place(opening=False, done=slot)
+
+    def _checkin_unless_held(self, slot: Slot) -> None:
+        """A return cut short (a signal) before it was handed on: ``_checkin``, unless it got
+        as far as being held for its results (see :meth:`_hold`). Nobody else can have let it
+        go from there meanwhile: close() still holds those results."""
+        with self._lock:
+            held = any(entry[0] is slot for entry in self._held)
+        if not held:
+            self._checkin(slot)
 
     def _rescue(self, slot: Slot) -> None:
         """A return cut short by an exception (a signal handler's) before ``slot`` was

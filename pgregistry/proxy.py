@@ -50,9 +50,9 @@ class Slot:
         #: Where it was checked out, when leak detection is on (formatted only if it leaks).
         self.stack: list[Frame] | None = None
         self.leak_reported = False
-        #: Set while a return that may wait for the lock or the server is under way; cleared
-        #: in the same step as the connection is pooled, handed on or its place freed, so that
-        #: a return cut short by a signal handler knows what is left to do (HandOff._rescue).
+        #: Set while a return that takes the lock (or the server) is under way; cleared in the
+        #: same step as the connection is pooled, handed on or its place freed, so that a
+        #: return cut short by a signal handler knows what is left to do (HandOff._rescue).
         self.returning = False
 
 
@@ -101,7 +101,6 @@ class PooledPgConnection(DBAPI):
             )
         pool = self._pool
         quick = False
-        hold: object = None  # the results that keep the connection out of the pool
         try:
             # Every field read before the class changes: ReturnedConnection's __getattr__
             # keeps CPython from specialising a read after it.
@@ -113,11 +112,13 @@ class PooledPgConnection(DBAPI):
                 if type(result) is list:  # results kept past later queries (see _note_result)
                     held = [kept for kept in result if _refcount(kept) > 3]
                     if held:
-                        hold = held
+                        pool._hold(slot, held)
+                        return
                 # Beyond `result` here and the argument of getrefcount, someone holds it.
                 elif _refcount(result) > 2:
-                    hold = result
-            if hold is None and pool._quick_return:
+                    pool._hold(slot, result)
+                    return
+            if pool._quick_return:
                 # The common return, written out here (the rest is the pool's _checkin): the
                 # default reset on an idle connection the borrower left clean (no LISTEN,
                 # temporary object, client-side change or open begin()), within its
@@ -149,18 +150,10 @@ class PooledPgConnection(DBAPI):
                             conn.fresh = True
                             slot.since = now
         except BaseException:
-            pool._checkin(slot)  # interrupted (a signal) before it was handed on
+            pool._checkin_unless_held(slot)  # interrupted (a signal) before it was handed on
             raise
-        # From here on, a handler raising before the connection is pooled, held, handed on
+        # From here on, a signal handler raising before the connection is pooled, handed on
         # or closed leaves that to _rescue (see Slot.returning); the lock-free push needs none.
-        if hold is not None:
-            slot.returning = True
-            try:
-                pool._hold(slot, hold)
-            except BaseException:
-                pool._rescue(slot)
-                raise
-            return
         if quick:
             if pool._waiters or pool._closed:
                 slot.returning = True

@@ -129,10 +129,12 @@ def test_a_listen_is_seen_whichever_way_it_is_sent(
             db.query(statement.replace("LISTEN ", 'LISTEN"') + '"')
         elif how == "steady":  # the steady connection under the proxy, out of its sight
             db.steady.query(statement)
-        elif how == "bytes":  # pg.DB takes a statement as bytes too
-            db.query(statement.encode())
+        elif how == "bytes":  # pg.DB takes a statement as bytes too (its stub says str)
+            untyped: Any = db
+            untyped.query(statement.encode())
         elif how == "bytes batch ending in rows":
-            assert db.query(f"{statement}; SELECT 1".encode()).getresult() == [(1,)]
+            untyped = db
+            assert untyped.query(f"{statement}; SELECT 1".encode()).getresult() == [(1,)]
         else:
             getattr(db, how)(statement)
     assert last_statement(monitor, pid) in ("UNLISTEN *", "DISCARD ALL")

@@ -238,8 +238,9 @@ def test_a_signal_anywhere_in_checkout_or_return_loses_no_place(make_pool: MakeP
         ((1, 2, 2), {}),  # returns skip the lock when nobody waits, hand over under it
         ((1, 1, 2), {}),  # maxcached below maxconnections: every return takes the lock
         ((1, 2, 2), {"reset": "discard"}),  # a round trip on every return
+        ((1, 2, 2), {"hold": True}),  # a result kept past close() holds the connection
     ],
-    ids=["lock-free", "locked", "discard"],
+    ids=["lock-free", "locked", "discard", "held-results"],
 )
 def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
     make_pool: MakePool, shape: tuple[int, int, int], options: dict[str, Any]
@@ -248,6 +249,8 @@ def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
     # ran between taking the waiter off the queue and handing it the connection; the
     # connection was then nobody's, and the waiter's timeout raised ValueError. Likewise a
     # handler right after a waiter got its connection, before the checkout returned it.
+    options = dict(options)
+    hold = options.pop("hold", False)
     pool = make_pool(*shape, True, timeout=3, max_idle=None, ping="never", **options)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -272,6 +275,7 @@ def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
     previous = signal.signal(signal.SIGALRM, handler)
     rng = random.Random(7)
     alarms = 0
+    kept: list[Any] = []
     try:
         for thread in threads:
             thread.start()
@@ -285,12 +289,16 @@ def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
                 signal.setitimer(signal.ITIMER_REAL, rng.uniform(2e-6, 3e-4))
                 for _ in range(200):
                     db = pool.connection()
+                    if hold:
+                        kept.append(db.query("SELECT 1"))  # held past the close
                     db.close()
+                    kept.clear()
             except Alarm:
                 alarms += 1
             finally:
                 armed = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
+            kept.clear()  # a result kept by a round cut short lets its connection go
             if db is not None and db._slot is not None:
                 db.close()  # cut short between the checkout and its close: return it
     finally:
@@ -304,13 +312,15 @@ def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
 
     assert not errors, errors
     assert alarms > 50, alarms
+    # Both places can be lent again, at once (which also takes back what released results
+    # held), to two different connections; then all is idle again.
+    both = [pool.connection(), pool.connection()]
+    assert both[0].backend_pid != both[1].backend_pid
+    for db in both:
+        db.close()
     stats = pool.stats()
     assert stats["in_use"] == 0 and stats["waiting"] == 0, stats
     assert stats["open"] == stats["idle"] >= 1, stats
-    held = [pool.connection(), pool.connection()]  # both places can be lent again, at once
-    assert held[0].backend_pid != held[1].backend_pid
-    for db in held:
-        db.close()
 
 
 def test_a_checkout_that_failed_is_not_counted(
