@@ -242,13 +242,18 @@ def test_a_signal_anywhere_in_checkout_or_return_loses_no_place(make_pool: MakeP
     ],
     ids=["lock-free", "locked", "discard", "held-results"],
 )
+# The test takes SIGALRM, which pytest-timeout's default method needs: a thread watches
+# instead (a connection lent twice hangs in libpq, as it did before the fix).
+@pytest.mark.timeout(60, method="thread")
 def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
     make_pool: MakePool, shape: tuple[int, int, int], options: dict[str, Any]
 ) -> None:
     # Found by a hostile tester: the main thread's return met a waiting thread and the handler
     # ran between taking the waiter off the queue and handing it the connection; the
     # connection was then nobody's, and the waiter's timeout raised ValueError. Likewise a
-    # handler right after a waiter got its connection, before the checkout returned it.
+    # handler right after a waiter got its connection, before the checkout returned it; and,
+    # with results kept past close(), a return cut short after the connection was held was
+    # given back a second time (two threads then shared one libpq connection, and hung).
     options = dict(options)
     hold = options.pop("hold", False)
     pool = make_pool(*shape, True, timeout=3, max_idle=None, ping="never", **options)
