@@ -209,8 +209,15 @@ class HandOff(PoolState):
         if not acquired:
             waited_ns = time.perf_counter_ns() - waiter.started
             with self._lock:
-                if waiter.result is None:  # else it was handed something just in time
+                if waiter.result is None and self._closed:
+                    # A close() cut short (a signal) before it handed this waiter CLOSED.
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                    waiter.result = CLOSED
+                elif waiter.result is None:  # else it was handed something just in time
                     self._waiters.remove(waiter)
+                    if waiter.looking and self._held and self._waiters and not self._closed:
+                        self._hand_over(LOOK)  # it looked for held connections: the next does
                     self._counts[Counter.WAITS] += 1
                     self._counts[Counter.TIMEOUTS] += 1
                     self._wait_ns += waited_ns
@@ -264,25 +271,34 @@ class HandOff(PoolState):
         if waiter.result is not LOOK:
             return None
         with self._lock:
+            if self._closed:  # closed while it was out of the queue: close() did not see it
+                waiter.result = CLOSED
+                return None
             # While it was out of the queue, a connection may have gone idle, or a place may
-            # have come free, with no one queued to be handed it: take that instead.
-            if self._idle and not self._closed and (slot := pop_idle(self._idle)) is not None:
+            # have come free, with no one queued to be handed it: take that instead. Counted
+            # first: a signal handler raising after the take leaves a counted checkout for
+            # _abandon to undo.
+            if self._idle and GIL_ENABLED:
+                self._count_served(waiter)
+                # Looked at and popped with no call between (see _hand_over).
+                waiter.result = self._idle[-1]
+                self._idle.pop()
+            elif self._idle and (slot := pop_idle(self._idle)) is not None:
                 waiter.result = slot
-            elif not self._closed and (
-                not self._maxconnections or self._size < self._maxconnections
-            ):
+                self._count_served(waiter)
+            elif not self._maxconnections or self._size < self._maxconnections:
+                self._count_served(waiter)
                 self._size += 1
                 self._opening += 1
                 waiter.result = PLACE
             else:
                 waiter.result = None
+                waiter.looking = True  # its look goes on: passed on if it stops waiting
                 self._waiters.appendleft(waiter)
                 self._serve_from_idle()
                 if waiter.result is None:
                     return waiter
                 waiter.gate.acquire()  # served (and counted) at once: take back its release
-                return None
-            self._count_served(waiter)
         return None
 
     def _abandon(self, waiter: Waiter) -> None:
@@ -299,6 +315,8 @@ class HandOff(PoolState):
             if got is None:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+                if waiter.looking and self._held and self._waiters and not self._closed:
+                    self._hand_over(LOOK)  # it looked for held connections: the next one does
                 return
             if got is LOOK:
                 # It was asked to look for held connections: the next waiter does instead.

@@ -175,9 +175,23 @@ class Opening(HandOff):
                     redact(" ".join(str(error).split()), self._secrets),
                 )
 
-    def _open_for_checkout(self, *, count: bool = False) -> Slot:
-        """Open a connection in a place already counted in ``_size`` and ``_opening``."""
+    def _open_for_checkout(
+        self,
+        *,
+        count: bool = False,
+        entered: list[bool] | None = None,
+        claim: list[Slot] | None = None,
+    ) -> Slot:
+        """Open a connection in a place already counted in ``_size`` and ``_opening``.
+
+        Whatever it raises, the place is given back, except when it is raised on entry,
+        before ``entered`` has an item: the caller gives it back then (a signal handler can
+        raise as a function starts). The connection is put in ``claim`` in the same step as it
+        takes the place, for a caller that must give it back if a handler raises after that.
+        """
         try:
+            if entered is not None:
+                entered.append(True)
             try:
                 slot, opened = self._new_slot(), True
             except ServerFullError as full:
@@ -191,10 +205,14 @@ class Opening(HandOff):
             self._release_place()
             with self._lock:
                 self._checkouts += count
+                if claim is not None:
+                    claim.append(slot)
             return slot
         with self._lock:
             self._opening -= 1
             self._checkouts += count
+            if claim is not None:
+                claim.append(slot)
             self._grow_for_waiters()
         return slot
 

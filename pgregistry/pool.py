@@ -541,7 +541,13 @@ class PooledPg(Opening, Upkeep):
                     raise
             got = OPEN
         if got is OPEN:
-            claim.append(self._open_for_checkout(count=waiter is None))
+            entered: list[bool] = []
+            try:
+                self._open_for_checkout(count=waiter is None, entered=entered, claim=claim)
+            except BaseException:
+                if not entered:  # raised as it started: the place is still counted
+                    self._release_place()
+                raise
         slot = claim[0]
         slot.since = _monotonic()
         if self._leak_threshold:
@@ -556,14 +562,27 @@ class PooledPg(Opening, Upkeep):
             self._checked_out.add(slot)
 
     def _replace(self, slot: Slot, counter: Counter | None) -> Slot:
-        """Close ``slot`` and open a new connection in its place (outside the lock)."""
-        if counter:
+        """Close ``slot`` and open a new connection in its place (outside the lock).
+
+        Cut short by a signal handler, the place is handed on or freed, never kept.
+        """
+        opening = False  # set once the place is counted as opening instead of held by slot
+        entered: list[bool] = []
+        try:
+            if counter:
+                with self._lock:
+                    self._counts[counter] += 1
+            self._close_slot(slot)
             with self._lock:
-                self._counts[counter] += 1
-        self._close_slot(slot)
-        with self._lock:
-            self._opening += 1
-        return self._open_for_checkout()
+                self._opening += 1
+                opening = True
+            return self._open_for_checkout(entered=entered)
+        except BaseException:
+            if not opening:
+                self._drop(slot)  # closes it if need be, then hands on or frees its place
+            elif not entered:  # raised as the open started: the place is still counted
+                self._release_place()
+            raise
 
     # -- pause and resume ---------------------------------------------------------------------
 
@@ -614,18 +633,19 @@ class PooledPg(Opening, Upkeep):
         """Close idle connections now and refuse new checkouts (:class:`PoolClosedError`).
 
         Connections still checked out are closed when they come back. Waiting callers get
-        :class:`PoolClosedError`. Calling close() again does nothing.
+        :class:`PoolClosedError`. Calling close() again does what is left: nothing, unless an
+        exception (a signal handler's) cut the first call short.
         """
         with self._lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = self._halted = True
+            # Waiters first, each handed CLOSED and off the queue in one step: cut short, the
+            # others stay queued for the next close() (or their own look at _closed).
+            while self._waiters:
+                self._hand_over(CLOSED)
             self._update_fast_path()
             idle = take_all(self._idle)
             self._size -= len(idle)
-            waiters, self._waiters = list(self._waiters), deque()
-            for waiter in waiters:
-                waiter.give(CLOSED)
         self._resumed.set()  # paused callers wake and see the pool closed
         if self._held:
             # Results released since: their connections close now (the pool is closed).
@@ -637,7 +657,8 @@ class PooledPg(Opening, Upkeep):
         if self._budget is not None:
             self._budget.leave(self)
         self._forget_upkeep()
-        self.logger.info("pool %r closed", self.name)
+        if first:
+            self.logger.info("pool %r closed", self.name)
 
     @property
     def closed(self) -> bool:
