@@ -239,8 +239,10 @@ def test_a_signal_anywhere_in_checkout_or_return_loses_no_place(make_pool: MakeP
         ((1, 1, 2), {}),  # maxcached below maxconnections: every return takes the lock
         ((1, 2, 2), {"reset": "discard"}),  # a round trip on every return
         ((1, 2, 2), {"hold": True}),  # a result kept past close() holds the connection
+        ((0, 0, 2), {}),  # every checkout opens, every return closes
+        ((1, 2, 2), {"max_lifetime": 0.05}),  # expired connections replaced at checkout
     ],
-    ids=["lock-free", "locked", "discard", "held-results"],
+    ids=["lock-free", "locked", "discard", "held-results", "opens", "replaced"],
 )
 # The test takes SIGALRM, which pytest-timeout's default method needs: a thread watches
 # instead (a connection lent twice hangs in libpq, as it did before the fix).
@@ -326,6 +328,85 @@ def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
     stats = pool.stats()
     assert stats["in_use"] == 0 and stats["waiting"] == 0, stats
     assert stats["open"] == stats["idle"] >= 1, stats
+
+
+@pytest.mark.timeout(30, method="thread")  # the test takes SIGALRM (see above)
+def test_a_looking_waiter_cut_short_passes_the_look_on(make_pool: MakePool) -> None:
+    # Found by a hostile tester: the waiter woken to look for connections held by results was
+    # interrupted (a signal); nobody else looked, and the next waiter slept until its timeout
+    # beside a connection whose result had been let go.
+    pool = make_pool(0, 1, 1, True, timeout=3, max_idle=None, ping="never")
+    holder = pool.connection()
+    got: dict[str, float] = {}
+
+    def second_waiter() -> None:
+        time.sleep(0.1)  # queued behind the main thread
+        started = time.monotonic()
+        with pool.connection():
+            got["waited"] = time.monotonic() - started
+
+    def give_back_holding_a_result() -> None:
+        time.sleep(0.2)
+        result = holder.query("SELECT 1")
+        holder.close()  # held by the result: the oldest waiter (main) is woken to look
+        time.sleep(0.2)  # main is interrupted meanwhile
+        del result  # the connection is free from here on
+
+    def handler(signum: int, frame: object) -> None:
+        raise Alarm
+
+    threads = [
+        threading.Thread(target=second_waiter),
+        threading.Thread(target=give_back_holding_a_result),
+    ]
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        for thread in threads:
+            thread.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Alarm):
+            pool.connection()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        for thread in threads:
+            thread.join(10)
+    assert got["waited"] < 1.5, got  # served soon after the release, not at its 3 s timeout
+
+
+def test_close_wakes_every_waiter_even_one_woken_to_look(make_pool: MakePool) -> None:
+    # Found by a hostile tester: a waiter woken to look for held connections was out of the
+    # queue when close() ran, went back into it, and got PoolTimeoutError instead of
+    # PoolClosedError. Bounded: 30 rounds, each well under a second.
+    failures: list[BaseException] = []
+    for _ in range(30):
+        pool = make_pool(1, 1, 2, True, timeout=2, max_idle=None, ping="never")
+        stop = threading.Event()
+
+        def work(pool: PooledPg = pool, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                try:
+                    db = pool.connection()
+                    result = db.query("SELECT 1")
+                    time.sleep(0.0003)
+                    db.close()  # the result still held: the connection is held, waiters look
+                    del result
+                except PoolClosedError:
+                    return
+                except BaseException as exc:  # any other error here is the finding
+                    failures.append(exc)
+                    return
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.02)
+        pool.close()
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures
 
 
 def test_a_checkout_that_failed_is_not_counted(
