@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -137,6 +138,24 @@ def in_child(child: Callable[[], dict[str, Any]], timeout: float = 15.0) -> dict
     result: dict[str, Any] = json.loads(data) if data else {}
     assert os.waitstatus_to_exitcode(status) == 0, result
     return result
+
+
+@contextlib.contextmanager
+def alarm(after: float, handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Run ``handler`` on SIGALRM ``after`` seconds in (as a request-timeout handler would);
+    the timer is stopped and the previous handler put back on exit."""
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, after)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(name="alarm", scope="session")
+def alarm_fixture() -> Callable[..., contextlib.AbstractContextManager[None]]:
+    return alarm
 
 
 @pytest.fixture(name="run_in_child", scope="session")

@@ -9,6 +9,7 @@ the default 5 ms show up within a few thousand operations.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import signal
@@ -345,7 +346,9 @@ def test_a_signal_during_returns_and_waits_among_waiting_threads_loses_nothing(
 
 
 @pytest.mark.timeout(30, method="thread")  # the test takes SIGALRM (see above)
-def test_a_looking_waiter_cut_short_passes_the_look_on(make_pool: MakePool) -> None:
+def test_a_looking_waiter_cut_short_passes_the_look_on(
+    make_pool: MakePool, alarm: Callable[..., contextlib.AbstractContextManager[None]]
+) -> None:
     # Found by a hostile tester: the waiter woken to look for connections held by results was
     # interrupted (a signal); nobody else looked, and the next waiter slept until its timeout
     # beside a connection whose result had been let go.
@@ -373,16 +376,12 @@ def test_a_looking_waiter_cut_short_passes_the_look_on(make_pool: MakePool) -> N
         threading.Thread(target=second_waiter),
         threading.Thread(target=give_back_holding_a_result),
     ]
-    previous = signal.signal(signal.SIGALRM, handler)
     try:
         for thread in threads:
             thread.start()
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        with pytest.raises(Alarm):
+        with alarm(0.3, handler), pytest.raises(Alarm):
             pool.connection()
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         for thread in threads:
             thread.join(10)
     assert got["waited"] < 1.5, got  # served soon after the release, not at its 3 s timeout

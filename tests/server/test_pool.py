@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
-import signal
 import threading
 import time
 import uuid
@@ -29,6 +29,7 @@ from pgregistry.budget import ServerBudget
 from pgregistry.testing import BackendKiller
 
 MakePool = Callable[..., PooledPg]
+Alarm = Callable[[float, Callable[[int, Any], None]], contextlib.AbstractContextManager[None]]
 Monitor = Any  # tests/server/conftest.py: Monitor
 WaitUntil = Callable[..., bool]
 RunInChild = Callable[[Callable[[], dict[str, Any]]], dict[str, Any]]
@@ -966,7 +967,7 @@ class RequestTimeout(Exception):
 
 @pytest.mark.parametrize("interrupt", [RequestTimeout, KeyboardInterrupt])
 def test_a_signal_during_a_blocking_wait_loses_no_connection(
-    make_pool: MakePool, interrupt: type[BaseException]
+    make_pool: MakePool, interrupt: type[BaseException], alarm: Alarm
 ) -> None:
     pool = make_pool(0, 0, 1, True, timeout=10)
     held = pool.connection()
@@ -974,14 +975,8 @@ def test_a_signal_during_a_blocking_wait_loses_no_connection(
     def on_alarm(signum: int, frame: object) -> None:
         raise interrupt
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(interrupt):
-            pool.connection()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    with alarm(0.2, on_alarm), pytest.raises(interrupt):
+        pool.connection()
     assert pool.stats()["waiting"] == 0
     held.close()
     with pool.connection() as db:  # maxconnections 1: the returned connection is still ours
@@ -990,7 +985,9 @@ def test_a_signal_during_a_blocking_wait_loses_no_connection(
     assert (stats["open"], stats["idle"], stats["in_use"], stats["waiting"]) == (1, 1, 0, 0)
 
 
-def test_a_signal_right_after_a_hand_over_gives_the_connection_back(make_pool: MakePool) -> None:
+def test_a_signal_right_after_a_hand_over_gives_the_connection_back(
+    make_pool: MakePool, alarm: Alarm
+) -> None:
     pool = make_pool(0, 0, 1, True, timeout=10)
     held = pool.connection()
 
@@ -998,14 +995,8 @@ def test_a_signal_right_after_a_hand_over_gives_the_connection_back(make_pool: M
         held.close()  # hands the connection to the waiting main thread ...
         raise RequestTimeout  # ... which is interrupted before it can take it
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(RequestTimeout):
-            pool.connection()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    with alarm(0.2, on_alarm), pytest.raises(RequestTimeout):
+        pool.connection()
     stats = pool.stats()
     assert (stats["open"], stats["idle"], stats["in_use"], stats["waiting"]) == (1, 1, 0, 0)
     pool.connection().close()
