@@ -275,22 +275,20 @@ class HandOff(PoolState):
                 waiter.result = CLOSED
                 return None
             # While it was out of the queue, a connection may have gone idle, or a place may
-            # have come free, with no one queued to be handed it: take that instead. Counted
-            # first: a signal handler raising after the take leaves a counted checkout for
-            # _abandon to undo.
+            # have come free, with no one queued to be handed it: take that instead.
             if self._idle and GIL_ENABLED:
-                self._count_served(waiter)
                 # Looked at and popped with no call between (see _hand_over).
                 waiter.result = self._idle[-1]
                 self._idle.pop()
+                self._count_served(waiter)
             elif self._idle and (slot := pop_idle(self._idle)) is not None:
                 waiter.result = slot
                 self._count_served(waiter)
             elif not self._maxconnections or self._size < self._maxconnections:
-                self._count_served(waiter)
                 self._size += 1
                 self._opening += 1
                 waiter.result = PLACE
+                self._count_served(waiter)
             else:
                 waiter.result = None
                 waiter.looking = True  # its look goes on: passed on if it stops waiting
