@@ -33,7 +33,9 @@ LIMIT_LOG_INTERVAL = 60.0
 
 
 class Waiter:
-    """A caller waiting for a connection. Its lock is held until something is handed over."""
+    """A caller waiting for a connection. Its lock is held until something is handed over
+    (only ever by HandOff._hand_over, which sets ``result``, releases it and dequeues it in
+    one step)."""
 
     __slots__ = ("abandoned", "gate", "looking", "result", "started")
 
@@ -48,10 +50,6 @@ class Waiter:
         self.started = time.perf_counter_ns()
         #: Looks for connections held by released results while it waits (see _hold).
         self.looking = False
-
-    def give(self, result: Slot | object) -> None:
-        self.result = result
-        self.gate.release()
 
 
 OPEN = object()  # hand-off token: the waiter may open a connection in the freed place
